@@ -1,0 +1,33 @@
+# mmtok: one-command setup, tests and demo. Everything installs into .venv from nothing.
+PY_SYS ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test test-fast bench clean
+
+setup: $(STAMP)
+
+# The stamp depends on pyproject.toml, so a changed dependency list re-installs; otherwise setup is a no-op.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+	# torch first and pinned: a CPU wheel on these machines (an unpinned torch pulls a multi-GB CUDA build).
+	$(PIP) install --quiet "$(TORCH)"
+	$(PIP) install --quiet -e '.[dev,deepspeed]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PIP) install --quiet -e '.[bench]'
+	$(PY) bench/quantizers.py
+
+clean:
+	rm -rf $(VENV) outputs bench/results/*.json

@@ -1,0 +1,1 @@
+"""The mmtok token LM (importing :mod:`lm` registers it with AutoConfig / AutoModelForCausalLM)."""
