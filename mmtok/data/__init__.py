@@ -1,0 +1,58 @@
+"""Data for mmtok: media decoding (PyAV), the Moving-Digits corpus, ingestion of manifests and folders, token shards
+and the training-side loader.
+
+Light imports only here (NumPy, PyAV); :mod:`mmtok.data.shards` and :mod:`mmtok.data.loader` (torch, datasets)
+and :mod:`mmtok.data.moving_digits` are imported on their own.
+"""
+
+from mmtok.data.ingest import (
+    BadFileReport,
+    Clip,
+    ClipConfig,
+    ClipRecord,
+    ManifestError,
+    iter_clips,
+    load_clip,
+    load_records,
+    read_manifest,
+    scan_folder,
+)
+from mmtok.data.media import (
+    AUDIO_EXTENSIONS,
+    MEDIA_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    MediaError,
+    MediaInfo,
+    list_media,
+    probe,
+    read_audio,
+    read_video,
+    resize_and_crop,
+    write_audio,
+    write_video,
+)
+
+__all__ = [
+    "BadFileReport",
+    "Clip",
+    "ClipConfig",
+    "ClipRecord",
+    "ManifestError",
+    "iter_clips",
+    "load_clip",
+    "load_records",
+    "read_manifest",
+    "scan_folder",
+    "AUDIO_EXTENSIONS",
+    "MEDIA_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "MediaError",
+    "MediaInfo",
+    "list_media",
+    "probe",
+    "read_audio",
+    "read_video",
+    "resize_and_crop",
+    "write_audio",
+    "write_video",
+]

@@ -1,0 +1,453 @@
+"""Moving-Digits: the embedded, offline, deterministic audio-visual corpus behind ``make demo`` and the tests.
+
+Each clip shows one coloured digit glyph (a scikit-learn ``load_digits`` 8x8 image scaled up, 24x24 at the default
+64x64) moving at constant speed in one of 8 compass directions on a plain background and bouncing off the frame
+edges: 17 frames at 8 fps (VideoPoet's clip length). The audio (16 kHz mono) is a tone whose pitch identifies the
+digit, plus a short click at every bounce, so video-to-audio has content (pitch) and timing (clicks) to get right.
+Captions name digit, colour and motion with varied phrasing. Some digit-colour-direction combinations occur only in
+the test split, to measure compositional generalization.
+
+Layout written by :func:`generate_corpus` under ``out_dir``::
+
+    clips/<id>.mp4          H.264 video + PCM audio (sample exact, so click times are exact)
+    manifest.jsonl          one line per clip: MANIFEST_FIELDS
+    ground_truth.jsonl      one line per clip: GROUND_TRUTH_FIELDS
+    splits.json             {"train": [ids], "validation": [ids], "test": [ids], "held_out_test": [ids],
+                             "held_out_combinations": [[digit, color, direction], ...]}
+    corpus.json             the generation parameters (seed, sizes, palette, directions, tone frequencies)
+
+Everything is a pure function of the seed and the parameters: the same seed gives byte-identical ``manifest.jsonl``,
+``ground_truth.jsonl``, ``splits.json`` and ``corpus.json`` for any number of worker processes. Clip parameters are
+drawn in the parent process; workers only render and encode (``multiprocessing``, one process per core).
+
+Coordinates: ``x`` grows to the right, ``y`` downwards (image rows), in pixels of the output frame. ``boxes`` holds
+the glyph box's top-left corner ``[x, y]`` per frame (the box is ``glyph_size`` square); ``centroids`` the ink centre
+of mass ``[x, y]`` per frame (pixel centres at integer + 0.5). A bounce at frame ``k`` means the glyph reflected off an
+edge between frames ``k - 1`` and ``k``; its click sounds at ``k / fps`` seconds. ``direction`` and ``velocity`` are
+the *initial* motion (what the captions name); after a bounce the glyph moves mirrored on that axis.
+
+Ground-truth record (``ground_truth.jsonl``, one per clip): ``id``, ``split``, ``held_out`` (a test-only
+combination), ``digit`` (0-9), ``digit_word``, ``color`` (a :data:`COLORS` name), ``color_rgb``, ``direction`` (a
+:data:`DIRECTIONS` name), ``velocity`` ``[vx, vy]`` px/frame, ``speed``, ``glyph_size``, ``glyph_sample_index``
+(row of ``load_digits``), ``boxes`` ``[[x, y]] * T``, ``centroids`` ``[[x, y]] * T``, ``bounce_frames``,
+``bounce_times`` (s), ``tone_hz``, ``num_frames``, ``fps``, ``width``, ``height``.
+
+Manifest record (``manifest.jsonl``, the format :mod:`mmtok.data.ingest` reads): ``id``, ``video`` (relative to the
+manifest), ``caption``, ``captions``, ``split``, ``start``, ``end``, ``fps``, ``num_frames``, ``sample_rate``,
+``width``, ``height``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmtok.data.media import write_video
+
+__all__ = [
+    "COLORS",
+    "DIRECTIONS",
+    "DIGIT_WORDS",
+    "GROUND_TRUTH_FIELDS",
+    "MANIFEST_FIELDS",
+    "CorpusConfig",
+    "ClipSpec",
+    "digit_frequency",
+    "generate_corpus",
+    "load_ground_truth",
+    "make_captions",
+    "render_audio",
+    "render_frames",
+    "sample_clip_specs",
+]
+
+GENERATOR_VERSION = 1
+
+# Palette: name -> RGB. Saturated, mutually distinct colours, all readable on the black background.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 245),
+    "yellow": (240, 220, 40),
+    "magenta": (220, 50, 220),
+    "cyan": (40, 220, 220),
+}
+
+# Compass direction -> (unit x, unit y) with y pointing down the image, and phrasings.
+DIRECTIONS: dict[str, tuple[float, float]] = {
+    "east": (1.0, 0.0),
+    "north-east": (math.sqrt(0.5), -math.sqrt(0.5)),
+    "north": (0.0, -1.0),
+    "north-west": (-math.sqrt(0.5), -math.sqrt(0.5)),
+    "west": (-1.0, 0.0),
+    "south-west": (-math.sqrt(0.5), math.sqrt(0.5)),
+    "south": (0.0, 1.0),
+    "south-east": (math.sqrt(0.5), math.sqrt(0.5)),
+}
+_DIRECTION_PHRASES = {
+    "east": "to the right", "north-east": "up and to the right", "north": "up",
+    "north-west": "up and to the left", "west": "to the left", "south-west": "down and to the left",
+    "south": "down", "south-east": "down and to the right",
+}
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+MANIFEST_FIELDS = ("id", "video", "caption", "captions", "split", "start", "end", "fps", "num_frames",
+                   "sample_rate", "width", "height")
+GROUND_TRUTH_FIELDS = ("id", "split", "held_out", "digit", "digit_word", "color", "color_rgb", "direction",
+                       "velocity", "speed", "glyph_size", "glyph_sample_index", "boxes", "centroids",
+                       "bounce_frames", "bounce_times", "tone_hz", "num_frames", "fps", "width", "height")
+
+
+def digit_frequency(digit: int) -> float:
+    """The tone (Hz) that identifies ``digit``: 220 Hz times a minor third per digit (220 .. 1047 Hz)."""
+    return 220.0 * 2.0 ** (3 * digit / 12)
+
+
+@dataclass
+class CorpusConfig:
+    """Generation parameters (all recorded in ``corpus.json``).
+
+    Attributes:
+        num_clips: number of clips.
+        seed: the seed every random choice derives from.
+        size: frame height and width in pixels.
+        glyph_size: glyph box side in pixels (``None`` -> 3/8 of ``size``, 24 at 64).
+        num_frames: frames per clip (17 = 1 + 4k, what the causal video tokenizer takes).
+        fps: frame rate.
+        sample_rate: audio rate in Hz (mono).
+        background: RGB of the plain background.
+        held_out_fraction: fraction of digit-colour-direction combinations that appear only in the test split.
+        val_fraction, test_fraction: of the remaining clips, the fractions in validation and test.
+        speed_range: glyph speed in frame widths per frame (uniform in this range).
+        captions_per_clip: how many different phrasings each clip carries (the first is ``caption``).
+        tone_amplitude, click_amplitude: audio levels.
+        crf: H.264 quality of the clips (lower = closer to the rendered frames).
+    """
+
+    num_clips: int = 2000
+    seed: int = 0
+    size: int = 64
+    glyph_size: int | None = None
+    num_frames: int = 17
+    fps: int = 8
+    sample_rate: int = 16000
+    background: tuple[int, int, int] = (0, 0, 0)
+    held_out_fraction: float = 0.05
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    speed_range: tuple[float, float] = (0.035, 0.07)
+    captions_per_clip: int = 3
+    tone_amplitude: float = 0.3
+    click_amplitude: float = 0.6
+    crf: int = 12
+
+    def __post_init__(self) -> None:
+        if self.glyph_size is None:
+            self.glyph_size = max(8, round(self.size * 3 / 8))
+        if not 8 <= self.glyph_size < self.size:
+            raise ValueError(f"glyph_size must be in [8, size), got {self.glyph_size} for size {self.size}")
+        if self.size % 2:
+            raise ValueError(f"size must be even (H.264 4:2:0), got {self.size}")
+        if self.num_clips < 1 or self.num_frames < 1 or self.fps <= 0 or self.sample_rate < 1:
+            raise ValueError(f"num_clips, num_frames, fps and sample_rate must be positive: {self}")
+        if not 0 <= self.held_out_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("need 0 <= held_out_fraction < 1 and val_fraction + test_fraction < 1")
+        self.background = tuple(int(c) for c in self.background)  # type: ignore[assignment]
+        self.speed_range = tuple(float(s) for s in self.speed_range)  # type: ignore[assignment]
+
+
+@dataclass
+class ClipSpec:
+    """Everything needed to render one clip (drawn by :func:`sample_clip_specs`; workers render from it alone)."""
+
+    id: str
+    index: int
+    split: str
+    held_out: bool
+    digit: int
+    color: str
+    direction: str
+    glyph_sample_index: int
+    glyph: list[list[float]]          # 8x8 intensities in [0, 16] from load_digits
+    start_xy: tuple[float, float]     # glyph box top-left at frame 0
+    speed: float                      # pixels per frame
+    captions: list[str]
+    audio_seed: int
+    boxes: list[list[int]] = field(default_factory=list)
+    bounce_frames: list[int] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------- captions
+_TEMPLATES = (
+    "a {color} {word} drifts {phrase}",
+    "the digit {digit} in {color}, heading {compass}",
+    "a {color} number {word} moving {phrase}",
+    "{Word} in {color} travels {phrase}",
+    "a {color} {digit} glides {compass}",
+    "the number {digit}, colored {color}, moves {phrase}",
+    "{color} digit {word} bouncing around, starting {compass}ward",
+    "a {word} painted {color} slides {phrase}",
+    "the {color} figure {digit} heads {compass}",
+    "watch a {color} {word} float {phrase}",
+)
+
+
+def make_captions(digit: int, color: str, direction: str, rng: np.random.Generator, n: int = 3) -> list[str]:
+    """``n`` different phrasings naming the digit, colour and initial motion direction."""
+    fields = dict(digit=digit, word=DIGIT_WORDS[digit], Word=DIGIT_WORDS[digit].capitalize(), color=color,
+                  compass=direction, phrase=_DIRECTION_PHRASES[direction])
+    picks = rng.choice(len(_TEMPLATES), size=min(n, len(_TEMPLATES)), replace=False)
+    return [_TEMPLATES[int(i)].format(**fields) for i in picks]
+
+
+# ------------------------------------------------------------------------------------------------- trajectory
+def _trajectory(start: tuple[float, float], velocity: tuple[float, float], limit: float,
+                num_frames: int) -> tuple[list[list[int]], list[int]]:
+    """Integer box positions per frame and the frames at which a bounce happened (reflection off [0, limit])."""
+    pos = [float(start[0]), float(start[1])]
+    vel = [float(velocity[0]), float(velocity[1])]
+    boxes, bounces = [[int(round(pos[0])), int(round(pos[1]))]], []
+    for k in range(1, num_frames):
+        bounced = False
+        for a in (0, 1):
+            pos[a] += vel[a]
+            if pos[a] < 0:
+                pos[a], vel[a], bounced = -pos[a], -vel[a], True
+            elif pos[a] > limit:
+                pos[a], vel[a], bounced = 2 * limit - pos[a], -vel[a], True
+        boxes.append([int(round(pos[0])), int(round(pos[1]))])
+        if bounced:
+            bounces.append(k)
+    return boxes, bounces
+
+
+def _glyph_alpha(glyph: np.ndarray, side: int) -> np.ndarray:
+    """Bilinear upscaling of an 8x8 [0, 16] digit to ``side x side`` alpha in [0, 1]."""
+    g = np.asarray(glyph, np.float64) / 16.0
+    src = (np.arange(side) + 0.5) * (g.shape[0] / side) - 0.5  # output pixel centres in source coordinates
+    src = np.clip(src, 0, g.shape[0] - 1)
+    i0 = np.floor(src).astype(int)
+    i1 = np.minimum(i0 + 1, g.shape[0] - 1)
+    w = src - i0
+    rows = g[i0] * (1 - w)[:, None] + g[i1] * w[:, None]                 # [side, 8]
+    out = rows[:, i0] * (1 - w)[None, :] + rows[:, i1] * w[None, :]       # [side, side]
+    return np.clip(out, 0.0, 1.0)
+
+
+def render_frames(spec: ClipSpec, cfg: CorpusConfig) -> np.ndarray:
+    """The clip's frames, ``uint8 [num_frames, size, size, 3]``."""
+    alpha = _glyph_alpha(np.asarray(spec.glyph), cfg.glyph_size)[..., None]   # [g, g, 1]
+    color = np.asarray(COLORS[spec.color], np.float64)
+    bg = np.asarray(cfg.background, np.float64)
+    patch = (bg * (1 - alpha) + color * alpha)                                 # [g, g, 3]
+    frames = np.empty((cfg.num_frames, cfg.size, cfg.size, 3), np.uint8)
+    frames[:] = np.asarray(cfg.background, np.uint8)
+    g = cfg.glyph_size
+    for t, (x, y) in enumerate(spec.boxes):
+        frames[t, y:y + g, x:x + g] = np.round(patch).astype(np.uint8)
+    return frames
+
+
+def _centroids(spec: ClipSpec, cfg: CorpusConfig) -> list[list[float]]:
+    alpha = _glyph_alpha(np.asarray(spec.glyph), cfg.glyph_size)
+    ys, xs = np.mgrid[0:cfg.glyph_size, 0:cfg.glyph_size] + 0.5
+    cx = float((alpha * xs).sum() / alpha.sum())
+    cy = float((alpha * ys).sum() / alpha.sum())
+    return [[round(x + cx, 3), round(y + cy, 3)] for x, y in spec.boxes]
+
+
+def render_audio(spec: ClipSpec, cfg: CorpusConfig) -> np.ndarray:
+    """The clip's audio, ``float32 [round(num_frames / fps * sample_rate)]``: the digit's tone (with a soft second
+    harmonic and 10 ms fades) plus a 15 ms decaying noise click at each bounce time."""
+    sr = cfg.sample_rate
+    n = int(round(cfg.num_frames / cfg.fps * sr))
+    t = np.arange(n) / sr
+    f = digit_frequency(spec.digit)
+    wave = cfg.tone_amplitude * (0.8 * np.sin(2 * np.pi * f * t) + 0.2 * np.sin(4 * np.pi * f * t))
+    fade = min(n // 2, int(0.01 * sr))
+    ramp = np.linspace(0.0, 1.0, fade, endpoint=False)
+    wave[:fade] *= ramp
+    wave[n - fade:] *= ramp[::-1]
+    rng = np.random.default_rng(spec.audio_seed)
+    click_len = int(0.015 * sr)
+    env = np.exp(-np.arange(click_len) / (0.003 * sr))
+    for k in spec.bounce_frames:
+        s = int(round(k / cfg.fps * sr))
+        m = min(click_len, n - s)
+        if m > 0:
+            wave[s:s + m] += cfg.click_amplitude * env[:m] * rng.uniform(-1.0, 1.0, m)
+    return np.clip(wave, -1.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------- sampling
+def _load_glyphs() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
+    digits = load_digits()
+    return digits.images.astype(np.float64), digits.target.astype(int)
+
+
+def _held_out_combinations(rng: np.random.Generator, fraction: float) -> list[tuple[int, str, str]]:
+    combos = [(d, c, m) for d in range(10) for c in COLORS for m in DIRECTIONS]
+    k = int(round(fraction * len(combos)))
+    picks = sorted(rng.choice(len(combos), size=k, replace=False).tolist()) if k else []
+    return [combos[i] for i in picks]
+
+
+def sample_clip_specs(cfg: CorpusConfig) -> tuple[list[ClipSpec], list[tuple[int, str, str]]]:
+    """Draw every clip's parameters from ``cfg.seed`` (in order, in this process): specs and held-out combinations."""
+    images, targets = _load_glyphs()
+    by_digit = [np.flatnonzero(targets == d) for d in range(10)]
+    rng = np.random.default_rng([cfg.seed, GENERATOR_VERSION])
+    held = _held_out_combinations(rng, cfg.held_out_fraction)
+    held_set = set(held)
+    colors, directions = list(COLORS), list(DIRECTIONS)
+    limit = cfg.size - cfg.glyph_size
+    width = len(str(cfg.num_clips - 1))
+    specs = []
+    for i in range(cfg.num_clips):
+        digit = int(rng.integers(10))
+        color = colors[int(rng.integers(len(colors)))]
+        direction = directions[int(rng.integers(len(directions)))]
+        sample = int(by_digit[digit][int(rng.integers(len(by_digit[digit])))])
+        start = (float(rng.uniform(0, limit)), float(rng.uniform(0, limit)))
+        speed = float(rng.uniform(*cfg.speed_range)) * cfg.size
+        captions = make_captions(digit, color, direction, rng, cfg.captions_per_clip)
+        audio_seed = int(rng.integers(2**31))
+        u = float(rng.uniform())
+        held_out = (digit, color, direction) in held_set
+        if held_out:
+            split = "test"
+        elif u < cfg.val_fraction:
+            split = "validation"
+        elif u < cfg.val_fraction + cfg.test_fraction:
+            split = "test"
+        else:
+            split = "train"
+        ux, uy = DIRECTIONS[direction]
+        boxes, bounces = _trajectory(start, (ux * speed, uy * speed), limit, cfg.num_frames)
+        specs.append(ClipSpec(
+            id=f"md{i:0{max(width, 5)}d}", index=i, split=split, held_out=held_out, digit=digit, color=color,
+            direction=direction, glyph_sample_index=sample, glyph=images[sample].tolist(), start_xy=start,
+            speed=speed, captions=captions, audio_seed=audio_seed, boxes=boxes, bounce_frames=bounces))
+    return specs, held
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+def _manifest_record(spec: ClipSpec, cfg: CorpusConfig) -> dict[str, Any]:
+    return {
+        "id": spec.id, "video": f"clips/{spec.id}.mp4", "caption": spec.captions[0], "captions": spec.captions,
+        "split": spec.split, "start": 0.0, "end": round(cfg.num_frames / cfg.fps, 6), "fps": cfg.fps,
+        "num_frames": cfg.num_frames, "sample_rate": cfg.sample_rate, "width": cfg.size, "height": cfg.size,
+    }
+
+
+def _ground_truth_record(spec: ClipSpec, cfg: CorpusConfig) -> dict[str, Any]:
+    ux, uy = DIRECTIONS[spec.direction]
+    return {
+        "id": spec.id, "split": spec.split, "held_out": spec.held_out, "digit": spec.digit,
+        "digit_word": DIGIT_WORDS[spec.digit], "color": spec.color, "color_rgb": list(COLORS[spec.color]),
+        "direction": spec.direction, "velocity": [round(ux * spec.speed, 4), round(uy * spec.speed, 4)],
+        "speed": round(spec.speed, 4), "glyph_size": cfg.glyph_size, "glyph_sample_index": spec.glyph_sample_index,
+        "boxes": spec.boxes, "centroids": _centroids(spec, cfg), "bounce_frames": spec.bounce_frames,
+        "bounce_times": [round(k / cfg.fps, 6) for k in spec.bounce_frames],
+        "tone_hz": round(digit_frequency(spec.digit), 3), "num_frames": cfg.num_frames, "fps": cfg.fps,
+        "width": cfg.size, "height": cfg.size,
+    }
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _render_one(args: tuple[ClipSpec, CorpusConfig, str, bool]) -> str:
+    spec, cfg, out_dir, overwrite = args
+    path = Path(out_dir) / "clips" / f"{spec.id}.mp4"
+    if path.exists() and not overwrite:  # clips are written atomically: an existing file is complete
+        return spec.id
+    write_video(path, render_frames(spec, cfg), cfg.fps, audio=render_audio(spec, cfg),
+                sample_rate=cfg.sample_rate, crf=cfg.crf, threads=1)
+    return spec.id
+
+
+def generate_corpus(out_dir: str | os.PathLike, num_clips: int = 2000, seed: int = 0, size: int = 64, *,
+                    num_workers: int | None = None, overwrite: bool = False, progress: bool | None = None,
+                    **kwargs: Any) -> Path:
+    """Generate the Moving-Digits corpus into ``out_dir`` and return the manifest path.
+
+    Args:
+        out_dir: output folder (created).
+        num_clips, seed, size: see :class:`CorpusConfig`; further :class:`CorpusConfig` fields as keywords.
+        num_workers: processes rendering and encoding clips (default: the CPU count; 0 renders in this process).
+        overwrite: re-encode clips that already exist (by default existing clips, written atomically, are kept,
+            so an interrupted generation continues where it stopped).
+        progress: show a tqdm bar (default: on unless ``MMTOK_PROGRESS=0``).
+
+    The metadata files are written last (atomically), so their presence marks a complete corpus.
+    """
+    cfg = CorpusConfig(num_clips=num_clips, seed=seed, size=size, **kwargs)
+    out = Path(out_dir)
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    specs, held = sample_clip_specs(cfg)
+    if num_workers is None:
+        num_workers = os.cpu_count() or 1
+    if progress is None:
+        progress = os.environ.get("MMTOK_PROGRESS", "1") != "0"
+    jobs = [(s, cfg, str(out), overwrite) for s in specs]
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="moving digits", unit="clip", disable=not progress)
+    if num_workers <= 0 or len(jobs) < 2:
+        for job in jobs:
+            _render_one(job)
+            bar.update()
+    else:
+        # spawn: safe even when the caller has torch (and its threads) loaded.
+        with mp.get_context("spawn").Pool(min(num_workers, len(jobs))) as pool:
+            for _ in pool.imap_unordered(_render_one, jobs, chunksize=16):
+                bar.update()
+            pool.close()
+            pool.join()
+    bar.close()
+
+    splits: dict[str, Any] = {name: [s.id for s in specs if s.split == name]
+                              for name in ("train", "validation", "test")}
+    splits["held_out_test"] = [s.id for s in specs if s.held_out]
+    splits["held_out_combinations"] = [list(c) for c in held]
+    meta = asdict(cfg)
+    meta.update(generator="mmtok.data.moving_digits", generator_version=GENERATOR_VERSION,
+                colors={k: list(v) for k, v in COLORS.items()},
+                directions={k: [round(v[0], 6), round(v[1], 6)] for k, v in DIRECTIONS.items()},
+                tone_hz={str(d): round(digit_frequency(d), 3) for d in range(10)},
+                manifest_fields=list(MANIFEST_FIELDS), ground_truth_fields=list(GROUND_TRUTH_FIELDS),
+                counts={k: len(v) for k, v in splits.items() if k != "held_out_combinations"})
+    _write_text(out / "ground_truth.jsonl", "".join(_dumps(_ground_truth_record(s, cfg)) + "\n" for s in specs))
+    _write_text(out / "splits.json", json.dumps(splits, sort_keys=True, indent=1) + "\n")
+    _write_text(out / "corpus.json", json.dumps(meta, sort_keys=True, indent=1) + "\n")
+    manifest = out / "manifest.jsonl"
+    _write_text(manifest, "".join(_dumps(_manifest_record(s, cfg)) + "\n" for s in specs))
+    return manifest
+
+
+def load_ground_truth(corpus_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``ground_truth.jsonl`` of a generated corpus as ``{clip id: record}``."""
+    path = Path(corpus_dir) / "ground_truth.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no ground truth at {path}; generate the corpus first")
+    with open(path) as f:
+        return {r["id"]: r for r in map(json.loads, f) if r}
+

@@ -1,0 +1,166 @@
+"""Moving-Digits corpus: determinism, ground truth matching the decoded media, splits, captions, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmtok.data.media import probe, read_audio, read_video
+from mmtok.data.moving_digits import (
+    COLORS,
+    DIGIT_WORDS,
+    GROUND_TRUTH_FIELDS,
+    MANIFEST_FIELDS,
+    CorpusConfig,
+    digit_frequency,
+    generate_corpus,
+    load_ground_truth,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+META_FILES = ("manifest.jsonl", "ground_truth.jsonl", "splits.json", "corpus.json")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("md")
+    generate_corpus(out, num_clips=40, seed=3, num_workers=0, progress=False)
+    return out
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_layout_and_fields(corpus):
+    manifest = read_jsonl(corpus / "manifest.jsonl")
+    truth = read_jsonl(corpus / "ground_truth.jsonl")
+    assert len(manifest) == len(truth) == 40
+    assert all(set(r) == set(MANIFEST_FIELDS) for r in manifest)
+    assert all(set(r) == set(GROUND_TRUTH_FIELDS) for r in truth)
+    assert [r["id"] for r in manifest] == [r["id"] for r in truth]
+    for r in manifest:
+        info = probe(corpus / r["video"])
+        assert (info.width, info.height, info.fps, info.num_frames) == (64, 64, 8.0, 17)
+        assert info.sample_rate == 16000 and info.channels == 1
+
+
+def test_same_seed_is_byte_identical_across_worker_counts(corpus, tmp_path):
+    generate_corpus(tmp_path / "a", num_clips=40, seed=3, num_workers=2, progress=False)
+    for name in META_FILES:
+        assert (tmp_path / "a" / name).read_bytes() == (corpus / name).read_bytes(), name
+    generate_corpus(tmp_path / "b", num_clips=40, seed=4, num_workers=0, progress=False)
+    assert (tmp_path / "b" / "ground_truth.jsonl").read_bytes() != (corpus / "ground_truth.jsonl").read_bytes()
+
+
+def test_glyph_sits_where_ground_truth_says(corpus):
+    truth = load_ground_truth(corpus)
+    for gt in list(truth.values())[:8]:
+        frames = read_video(corpus / "clips" / f"{gt['id']}.mp4").astype(np.float64)
+        assert frames.shape == (17, 64, 64, 3)
+        ink = frames.sum(-1)                                              # [T, H, W], background is black
+        ys, xs = np.mgrid[0:64, 0:64] + 0.5
+        for t in range(17):
+            w = np.where(ink[t] > 60, ink[t], 0.0)
+            cx, cy = (w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()
+            assert abs(cx - gt["centroids"][t][0]) < 1.0 and abs(cy - gt["centroids"][t][1]) < 1.0
+            x0, y0 = gt["boxes"][t]
+            g = gt["glyph_size"]
+            outside = ink[t].copy()
+            outside[max(0, y0 - 1):y0 + g + 1, max(0, x0 - 1):x0 + g + 1] = 0
+            assert outside.max() < 60  # nothing drawn outside the glyph box
+        # the glyph's brightest pixels are nearest to the ground-truth colour of the palette (4:2:0 chroma
+        # subsampling blurs colour at the glyph's edges, so exact values are not expected)
+        strong = frames[ink > np.percentile(ink, 99.5)].mean(0)
+        nearest = min(COLORS, key=lambda c: np.abs(np.asarray(COLORS[c]) - strong).sum())
+        assert nearest == gt["color"]
+        np.testing.assert_allclose(strong, gt["color_rgb"], atol=60)
+
+
+def test_bounces_follow_the_trajectory(corpus):
+    for gt in load_ground_truth(corpus).values():
+        boxes = np.array(gt["boxes"], float)
+        step = np.diff(boxes, axis=0)                                     # [T-1, 2]
+        flips = [k + 1 for k in range(1, len(step))
+                 if np.any(np.sign(step[k]) * np.sign(step[k - 1]) < 0)]
+        # every visible direction reversal is a recorded bounce (a bounce can also hide inside one step)
+        assert set(flips) <= set(gt["bounce_frames"]) | {f + 1 for f in gt["bounce_frames"]}
+        assert boxes.min() >= 0 and boxes.max() <= 64 - gt["glyph_size"]
+        assert gt["bounce_times"] == [k / 8 for k in gt["bounce_frames"]]
+
+
+def test_audio_pitch_and_clicks(corpus):
+    truth = load_ground_truth(corpus)
+    with_bounce = [g for g in truth.values() if g["bounce_frames"]][:4]
+    assert with_bounce
+    for gt in with_bounce:
+        audio = read_audio(corpus / "clips" / f"{gt['id']}.mp4", sample_rate=16000)
+        assert audio.shape == (34000,)
+        spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+        peak = np.argmax(spectrum) * 16000 / len(audio)
+        assert abs(peak - digit_frequency(gt["digit"])) < 3
+        # the click: a burst of energy (high-passed by differencing) right at each bounce time
+        hp = np.abs(np.diff(audio))
+        for k in gt["bounce_frames"]:
+            s = int(k / 8 * 16000)
+            assert hp[s:s + 160].max() > 4 * np.median(hp) + 0.05
+
+
+def test_splits_and_held_out_combinations(corpus):
+    splits = json.loads((corpus / "splits.json").read_text())
+    truth = load_ground_truth(corpus)
+    ids = splits["train"] + splits["validation"] + splits["test"]
+    assert sorted(ids) == sorted(truth) and len(set(ids)) == len(ids)
+    held = {tuple(c) for c in splits["held_out_combinations"]}
+    assert len(held) == round(0.05 * 10 * len(COLORS) * 8)
+    for gt in truth.values():
+        combo = (gt["digit"], gt["color"], gt["direction"])
+        assert gt["held_out"] == (combo in held)
+        if combo in held:
+            assert gt["split"] == "test" and gt["id"] in splits["held_out_test"]
+
+
+def test_held_out_combinations_absent_from_train_at_scale():
+    from mmtok.data.moving_digits import sample_clip_specs
+
+    specs, held = sample_clip_specs(CorpusConfig(num_clips=2000, seed=0))
+    train = {(s.digit, s.color, s.direction) for s in specs if s.split == "train"}
+    assert held and not (train & set(held))
+    assert any(s.held_out for s in specs)
+    # each held-out combination's parts are all seen in training
+    for d, c, m in held:
+        assert any(t[0] == d for t in train) and any(t[1] == c for t in train) and any(t[2] == m for t in train)
+
+
+def test_captions_name_digit_color_and_vary(corpus):
+    manifest = read_jsonl(corpus / "manifest.jsonl")
+    truth = load_ground_truth(corpus)
+    for r in manifest:
+        gt = truth[r["id"]]
+        assert r["caption"] == r["captions"][0] and len(set(r["captions"])) == 3
+        for cap in r["captions"]:
+            low = cap.lower()
+            assert gt["color"] in low
+            assert DIGIT_WORDS[gt["digit"]] in low or str(gt["digit"]) in low
+    assert len({r["caption"].split()[1] for r in manifest}) > 3  # phrasing varies
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="glyph_size"):
+        CorpusConfig(size=16, glyph_size=20)
+    with pytest.raises(ValueError, match="even"):
+        CorpusConfig(size=63)
+
+
+def test_cli(tmp_path):
+    out = tmp_path / "cli"
+    subprocess.run([sys.executable, str(REPO / "data" / "moving_digits.py"), "--out", str(out), "--num-clips", "6",
+                    "--size", "32", "--workers", "0"], check=True, capture_output=True,
+                   env={"MMTOK_PROGRESS": "0", "PATH": "/usr/bin:/bin"})
+    assert len(read_jsonl(out / "manifest.jsonl")) == 6
+    assert read_video(out / "clips" / "md00000.mp4").shape == (17, 32, 32, 3)
