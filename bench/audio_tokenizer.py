@@ -1,0 +1,145 @@
+"""Audio tokenizer speed and memory: mmtok's codec against ``transformers.EncodecModel``, measured in the same run.
+
+Cases (each in a fresh child process, so peak memory is the case's own):
+    encodec_24k   mmtok's ``encodec_24k`` preset (14.9 M parameters, 2-layer LSTM, 75 Hz) at 6 kbps (8 levels)
+    hf_encodec    ``transformers.EncodecModel(EncodecConfig())`` (the 24 kHz model, randomly initialized, codebooks
+                  drawn at random because HF leaves them at zero) at bandwidth 6.0
+    demo          mmtok's ``demo`` preset (16 kHz, 25 Hz) at all 8 levels
+Each case encodes and then decodes ``--seconds`` of mono audio (batch 1) after a warm-up, ``--repeats`` times, and
+reports the median encode and decode times, the real-time factor (audio seconds per second of encode + decode) and
+the peak resident memory the calls added over what the process held once the model and input were built. ``demo_batch`` also
+times the demo preset on a batch of 16 Moving-Digits-length clips (2.125 s), the shape ``make demo`` tokenizes.
+
+    python bench/audio_tokenizer.py [--seconds 10] [--repeats 3] [--threads 2]
+Writes bench/results/audio_tokenizer.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "audio_tokenizer.json"
+CASES = ("encodec_24k", "hf_encodec", "demo", "demo_batch")
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_case(case: str, seconds: float, repeats: int, threads: int) -> dict:
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    if case == "hf_encodec":
+        from transformers import EncodecConfig, EncodecModel
+
+        model = EncodecModel(EncodecConfig()).eval()
+        with torch.no_grad():
+            for layer in model.quantizer.layers:
+                layer.codebook.embed.copy_(torch.randn_like(layer.codebook.embed))
+        sr = model.config.sampling_rate
+
+        def encode(wav):
+            out = model.encode(wav, bandwidth=6.0)
+            return out.audio_codes, out.audio_scales
+
+        def decode(enc):
+            return model.decode(enc[0], enc[1]).audio_values
+        n_params = sum(p.numel() for p in model.parameters())
+        batch, levels = 1, 8
+    else:
+        from mmtok.audio import AudioTokenizer
+
+        preset = "demo" if case.startswith("demo") else case
+        model = AudioTokenizer.from_preset(preset).eval()
+        sr = model.sample_rate
+        levels = 8
+        n_params = sum(p.numel() for p in model.parameters())
+
+        def encode(wav):
+            return model.encode(wav, num_quantizers=levels)
+
+        def decode(codes):
+            return model.decode(codes)
+        batch = 16 if case == "demo_batch" else 1
+        if case == "demo_batch":
+            seconds = 17 / 8
+    wav = torch.randn(batch, 1, int(seconds * sr)) * 0.1
+    base = _rss_mib()                                           # model and input built, nothing run yet
+    with torch.inference_mode():
+        decode(encode(wav))                                     # warm-up
+        enc_t, dec_t = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            enc = encode(wav)
+            t1 = time.perf_counter()
+            decode(enc)
+            t2 = time.perf_counter()
+            enc_t.append(t1 - t0)
+            dec_t.append(t2 - t1)
+    enc_s, dec_s = statistics.median(enc_t), statistics.median(dec_t)
+    audio = batch * seconds
+    return {"case": case, "params_m": round(n_params / 1e6, 2), "sample_rate": sr, "batch": batch,
+            "audio_seconds": audio, "levels": levels, "encode_ms": round(enc_s * 1e3, 1),
+            "decode_ms": round(dec_s * 1e3, 1), "rtf": round(audio / (enc_s + dec_s), 1),
+            "encode_rtf": round(audio / enc_s, 1), "decode_rtf": round(audio / dec_s, 1),
+            "peak_mem_mib": round(max(_rss_mib() - base, 0.0), 1), "threads": threads}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)   # child-process mode
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.seconds, args.repeats, args.threads)))
+        return
+    rows = []
+    for case in CASES:
+        out = subprocess.run([sys.executable, __file__, "--case", case, "--seconds", str(args.seconds),
+                              "--repeats", str(args.repeats), "--threads", str(args.threads)],
+                             capture_output=True, text=True, env={**os.environ, "MMTOK_PROGRESS": "0"})
+        if out.returncode != 0:
+            rows.append({"case": case, "error": out.stderr.strip().splitlines()[-1:]})
+            continue
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    by = {r["case"]: r for r in rows}
+    ratios = {}
+    if "rtf" in by.get("encodec_24k", {}) and "rtf" in by.get("hf_encodec", {}):
+        ours, peer = by["encodec_24k"], by["hf_encodec"]
+        ratios = {"speed_vs_hf_encodec": round(ours["rtf"] / peer["rtf"], 2),
+                  "encode_speed_vs_hf_encodec": round(peer["encode_ms"] / ours["encode_ms"], 2),
+                  "decode_speed_vs_hf_encodec": round(peer["decode_ms"] / ours["decode_ms"], 2),
+                  "peak_mem_vs_hf_encodec": round(ours["peak_mem_mib"] / max(peer["peak_mem_mib"], 1e-6), 2)}
+    header = f"{'case':<12} {'params':>7} {'audio s':>8} {'enc ms':>8} {'dec ms':>8} {'RTF':>7} {'peak MiB':>9}"
+    print(header)
+    for r in rows:
+        if "error" in r:
+            print(f"{r['case']:<12} error: {r['error']}")
+            continue
+        print(f"{r['case']:<12} {r['params_m']:>6.1f}M {r['audio_seconds']:>8.2f} {r['encode_ms']:>8.1f} "
+              f"{r['decode_ms']:>8.1f} {r['rtf']:>6.1f}x {r['peak_mem_mib']:>9.1f}")
+    for k, v in ratios.items():
+        print(f"{k}: {v}")
+    load = os.getloadavg()[0]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"rows": rows, "ratios": ratios, "load_average_1min": load,
+                                   "seconds": args.seconds, "repeats": args.repeats, "threads": args.threads},
+                                  indent=1) + "\n")
+    print(f"(1-minute load average during the run: {load:.1f} on {os.cpu_count()} cores) -> {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Configuration of the SoundStream/EnCodec-style audio tokenizer (:mod:`mmtok.audio.modeling_audio`).
+
+Named presets (``AudioTokenizerConfig.from_preset(name)``):
+
+==================  ========  ======  =======  ==============  =========  =========================================
+preset              rate      hop     frames/s  RVQ            params     use
+==================  ========  ======  =======  ==============  =========  =========================================
+``debug``           16 kHz    32      500      4 x 64          ~20 k      unit tests (milliseconds)
+``demo``            16 kHz    640     25       8 x 256         ~0.5 M     ``make demo`` on Moving-Digits (CPU)
+``soundstream_24k`` 24 kHz    320     75       8 x 1024        ~10 M      SoundStream-sized (6 kbps at 8 levels)
+``encodec_24k``     24 kHz    320     75       32 x 1024       ~15 M      EnCodec-24kHz-sized (1.5 .. 24 kbps)
+==================  ========  ======  =======  ==============  =========  =========================================
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from transformers import PretrainedConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tiny, for tests: hop 32, no LSTM.
+    "debug": dict(sample_rate=16000, ratios=(2, 4, 4), base_channels=4, dimension=16, dilations=(1, 3),
+                  lstm_layers=0, num_quantizers=4, codebook_size=64),
+    # The embedded Moving-Digits audio (16 kHz tones + clicks) on 2 CPU cores: a 16-sample patch stem (the first conv
+    # runs at 1 kHz), then strides 5 and 8: hop 640 -> 25 Hz keeps LM sequences short (a 2.125 s clip is 54 frames);
+    # 256 codes per level keep the LM's audio vocabulary small.
+    "demo": dict(sample_rate=16000, patch_size=16, ratios=(5, 8), base_channels=32, dimension=64,
+                 dilations=(1, 3, 9), lstm_layers=0, num_quantizers=8, codebook_size=256),
+    # SoundStream (arXiv 2107.03312): C=32, residual units with 7-tap dilated convs (1, 3, 9), strides (2,4,5,8).
+    "soundstream_24k": dict(sample_rate=24000, ratios=(2, 4, 5, 8), base_channels=32, dimension=128,
+                            dilations=(1, 3, 9), residual_kernel_size=7, compress=1, lstm_layers=0,
+                            num_quantizers=8, codebook_size=1024),
+    # EnCodec 24 kHz (arXiv 2210.13438): one residual unit (3-tap, compress 2, 1x1 conv shortcut) per stage,
+    # 2-layer LSTM, 32 levels x 1024 (24 kbps); the transformers port has 14.9 M parameters.
+    "encodec_24k": dict(sample_rate=24000, ratios=(2, 4, 5, 8), base_channels=32, dimension=128, dilations=(1,),
+                        residual_kernel_size=3, compress=2, conv_shortcut=True, lstm_layers=2,
+                        num_quantizers=32, codebook_size=1024),
+}
+
+
+class AudioTokenizerConfig(PretrainedConfig):
+    r"""Configuration of :class:`~mmtok.audio.AudioTokenizer`.
+
+    The encoder is a SEANet stack: a ``kernel_size`` conv from 1 to ``base_channels`` channels; then per stride in
+    ``ratios`` a set of residual units (one per entry of ``dilations``) and a strided conv (kernel ``2 * stride``)
+    that doubles the channels; an optional LSTM; a ``last_kernel_size`` conv to ``dimension``. The decoder mirrors it
+    with transposed convs. A residual VQ quantizes the ``dimension``-wide latent at ``sample_rate / hop_length``
+    frames per second.
+
+    Args:
+        sample_rate: audio rate in Hz (mono).
+        patch_size: fold this many consecutive samples into channels before the first conv (1 = SEANet's
+            full-rate first conv); the hop is ``patch_size * prod(ratios)``.
+        ratios: encoder downsampling strides, first applied first (the decoder upsamples in reverse order); their
+            product times ``patch_size`` is the hop length.
+        base_channels: channels after the first conv; doubled at every downsampling.
+        dimension: latent (and codebook input) dimension.
+        kernel_size: kernel of the first encoder conv and the first decoder conv.
+        last_kernel_size: kernel of the last encoder conv and the last decoder conv.
+        dilations: one residual unit per entry (SoundStream: 1, 3, 9).
+        residual_kernel_size: kernel of the dilated conv of each residual unit.
+        compress: the residual unit's hidden width is ``channels // compress`` (EnCodec: 2).
+        conv_shortcut: a 1x1 conv on the residual skip path (EnCodec) instead of the identity.
+        lstm_layers: layers of the LSTM (with a skip connection) after the encoder and before the decoder; 0 = none.
+        causal: pad every conv from the past only, which makes the codec streamable (chunked encoding/decoding
+            equals whole-signal encoding/decoding); ``False`` pads both sides (better quality, not streamable).
+        weight_norm: weight normalization on every conv (SEANet).
+        num_quantizers: residual VQ levels.
+        codebook_size: codes per level.
+        codebook_dim: dimension the RVQ works in (``None`` = ``dimension``).
+        quantize_dropout: train with a random number of levels per batch so one model serves all bitrates.
+        quantize_dropout_cutoff_index: at least ``cutoff + 1`` levels are always kept.
+        commitment_weight, decay, kmeans_init, kmeans_iters, threshold_ema_dead_code: passed to
+            :class:`mmtok.quantizers.ResidualVQ`.
+        preset: the preset name this config was built from (informative only).
+    """
+
+    model_type = "mmtok_audio"
+
+    def __init__(
+        self,
+        sample_rate: int = 24000,
+        ratios: tuple[int, ...] | list[int] = (2, 4, 5, 8),
+        patch_size: int = 1,
+        base_channels: int = 32,
+        dimension: int = 128,
+        kernel_size: int = 7,
+        last_kernel_size: int = 7,
+        dilations: tuple[int, ...] | list[int] = (1, 3, 9),
+        residual_kernel_size: int = 3,
+        compress: int = 2,
+        conv_shortcut: bool = False,
+        lstm_layers: int = 0,
+        causal: bool = True,
+        weight_norm: bool = True,
+        num_quantizers: int = 8,
+        codebook_size: int = 1024,
+        codebook_dim: int | None = None,
+        quantize_dropout: bool = True,
+        quantize_dropout_cutoff_index: int = 0,
+        commitment_weight: float = 1.0,
+        decay: float = 0.99,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        threshold_ema_dead_code: float = 2.0,
+        preset: str | None = None,
+        **kwargs: Any,
+    ):
+        self.sample_rate = int(sample_rate)
+        self.ratios = [int(r) for r in ratios]
+        self.patch_size = int(patch_size)
+        self.base_channels = base_channels
+        self.dimension = dimension
+        self.kernel_size = kernel_size
+        self.last_kernel_size = last_kernel_size
+        self.dilations = [int(d) for d in dilations]
+        self.residual_kernel_size = residual_kernel_size
+        self.compress = compress
+        self.conv_shortcut = conv_shortcut
+        self.lstm_layers = lstm_layers
+        self.causal = causal
+        self.weight_norm = weight_norm
+        self.num_quantizers = num_quantizers
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.quantize_dropout = quantize_dropout
+        self.quantize_dropout_cutoff_index = quantize_dropout_cutoff_index
+        self.commitment_weight = commitment_weight
+        self.decay = decay
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
+        self.threshold_ema_dead_code = threshold_ema_dead_code
+        self.preset = preset
+        super().__init__(**kwargs)
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.sample_rate < 1:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        if not self.ratios or any(r < 1 for r in self.ratios):
+            raise ValueError(f"ratios must be a non-empty list of positive strides, got {self.ratios}")
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+        if not self.dilations or any(d < 1 for d in self.dilations):
+            raise ValueError(f"dilations must be a non-empty list of positive ints, got {self.dilations}")
+        if self.compress < 1 or self.base_channels < self.compress:
+            raise ValueError(f"need 1 <= compress <= base_channels, got compress={self.compress}, "
+                             f"base_channels={self.base_channels}")
+        if self.num_quantizers < 1 or self.codebook_size < 2:
+            raise ValueError(f"need num_quantizers >= 1 and codebook_size >= 2, got {self.num_quantizers}, "
+                             f"{self.codebook_size}")
+        if self.lstm_layers < 0:
+            raise ValueError(f"lstm_layers must be >= 0, got {self.lstm_layers}")
+
+    # ------------------------------------------------------------------------------------------ derived sizes
+    @property
+    def hop_length(self) -> int:
+        """Samples per latent frame (``patch_size * prod(ratios)``)."""
+        return self.patch_size * math.prod(self.ratios)
+
+    @property
+    def frame_rate(self) -> float:
+        """Latent frames per second."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def bits_per_level(self) -> float:
+        return math.log2(self.codebook_size)
+
+    def kbps(self, num_quantizers: int) -> float:
+        """Bitrate of ``num_quantizers`` levels: ``n_q * log2(codebook_size) * frame_rate / 1000``."""
+        return num_quantizers * self.bits_per_level * self.frame_rate / 1000.0
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "AudioTokenizerConfig":
+        """A named preset (``debug``, ``demo``, ``soundstream_24k``, ``encodec_24k``) with optional overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown audio tokenizer preset {name!r}; available: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides, "preset": name})

@@ -1,0 +1,550 @@
+"""A SoundStream/EnCodec-style neural audio codec: SEANet conv encoder -> residual VQ codes -> SEANet conv decoder.
+
+SoundStream (Zeghidour et al. 2021, arXiv 2107.03312) and EnCodec (Defossez et al. 2022, arXiv 2210.13438): a 1-D
+convolutional encoder downsamples the waveform by ``hop = prod(ratios)`` into a latent sequence, a residual VQ turns
+each latent frame into ``n_q`` codes (coarse to fine, so any prefix of the levels decodes), and a mirrored decoder
+with transposed convolutions makes the waveform again. Trained with quantizer dropout, one model serves every
+bitrate ``kbps = n_q * log2(codebook_size) * frame_rate / 1000``.
+
+Layout (``demo`` preset, 16 kHz, patch 16, ratios (5, 8), shapes ``[B, C, N]``):
+
+    wav [B,1,N]                    (N padded up to a multiple of hop = 16 * 5 * 8 = 640)
+      -> patchify 16               [B,16,N/16]     (16 consecutive samples -> channels; the convs run at 1 kHz)
+      -> conv k7                   [B,32,N/16]
+      -> 3 residual units (dil 1,3,9), ELU, conv k10 s5   [B,64,N/80]
+      -> 3 residual units, ELU, conv k16 s8               [B,128,N/640]
+      -> ELU, conv k7 -> latent    [B,64,F]        F = N / 640 (25 frames per second)
+      -> RVQ (channel-last)        codes [B,8,F] in [0, 256)
+    decoder: conv k7 -> [B,128,F], then per stride ELU, transposed conv (kernel 2s), residual units,
+      ELU, conv k7 -> [B,16,N/16], unpatchify -> [B,1,N]
+
+Streaming (``causal=True``): every conv pads from the past only, so frame ``t`` depends on samples ``< (t+1)*hop``.
+:meth:`AudioTokenizer.stream_encoder` / :meth:`AudioTokenizer.stream_decoder` carry each conv's unconsumed input
+(and each transposed conv's overlap-add tail and the LSTM's state) between chunks in a :class:`StreamState`, and
+compute exactly the same windows as the whole-signal pass: chunked encoding gives the codes of whole encoding and
+chunked decoding the same samples, whatever the chunk sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrizations, parametrize
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from mmtok.audio.configuration_audio import AudioTokenizerConfig
+from mmtok.quantizers import ResidualVQ
+from mmtok.quantizers.vq import VectorQuantizer
+
+# A streaming state: module -> what that module carries to the next chunk (a tensor, or (h, c) for an LSTM).
+StreamState = dict
+
+
+# ------------------------------------------------------------------------------------------------------ building blocks
+class StreamConv1d(nn.Module):
+    """``Conv1d`` (optionally weight-normalized) with causal or centred padding and a streaming mode.
+
+    Total padding is ``effective_kernel - stride``, all on the left when causal, so an input of ``L = k * stride``
+    samples gives exactly ``k`` outputs and output ``t`` sees inputs ``< (t + 1) * stride``.
+    With a ``state`` dict the conv instead prepends what it kept from the previous chunk (initially the causal zero
+    padding), emits every complete window and keeps the rest.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,
+                 causal: bool = True, weight_norm: bool = True):
+        super().__init__()
+        conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation)
+        self.conv = parametrizations.weight_norm(conv) if weight_norm else conv
+        self.causal = causal
+        self.stride = stride
+        self.effective_kernel = (kernel_size - 1) * dilation + 1
+        self.padding_total = self.effective_kernel - stride
+        if self.padding_total < 0:
+            raise ValueError(f"kernel ({kernel_size}, dilation {dilation}) must cover the stride {stride}")
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        # x: [B, C_in, L] -> [B, C_out, L // stride]
+        if state is None:
+            pad = (self.padding_total, 0) if self.causal else (self.padding_total - self.padding_total // 2,
+                                                                self.padding_total // 2)
+            return self.conv(F.pad(x, pad))
+        if self.padding_total == 0 and self.stride == 1:    # 1x1 conv: nothing to carry
+            return self.conv(x) if x.shape[-1] else x.new_zeros(x.shape[0], self.conv.out_channels, 0)
+        buffer = state.get(self)
+        if buffer is None:                                  # the causal left padding
+            buffer = x.new_zeros(x.shape[0], x.shape[1], self.padding_total)
+        x = torch.cat([buffer, x], dim=-1)                  # [B, C_in, kept + L]
+        n = (x.shape[-1] - self.effective_kernel) // self.stride + 1 if x.shape[-1] >= self.effective_kernel else 0
+        state[self] = x[..., n * self.stride:]
+        if n == 0:
+            return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
+        return self.conv(x[..., : (n - 1) * self.stride + self.effective_kernel])
+
+
+class StreamConvTranspose1d(nn.Module):
+    """Transposed conv (kernel ``2 * stride``) that upsamples ``T`` frames to exactly ``T * stride`` samples.
+
+    The full transposed conv makes ``(T - 1) * stride + kernel`` samples; the last ``kernel - stride`` are still
+    missing the contribution of the next frame. Causal mode trims them (EnCodec); streaming mode keeps them and adds
+    them to the start of the next chunk (overlap-add), so chunked output equals whole output.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, causal: bool = True,
+                 weight_norm: bool = True):
+        super().__init__()
+        conv = nn.ConvTranspose1d(in_channels, out_channels, 2 * stride, stride=stride)
+        self.convtr = parametrizations.weight_norm(conv) if weight_norm else conv
+        self.causal = causal
+        self.stride = stride
+        self.trim = conv.kernel_size[0] - stride
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        # x: [B, C_in, T] -> [B, C_out, T * stride]
+        t = x.shape[-1]
+        if t == 0:
+            return x.new_zeros(x.shape[0], self.convtr.out_channels, 0)
+        if state is None:
+            y = F.conv_transpose1d(x, self.convtr.weight, self.convtr.bias, stride=self.stride)  # [B, C_out, (T-1)s+k]
+            left = 0 if self.causal else self.trim - self.trim // 2
+            return y[..., left: left + t * self.stride]
+        # Streaming: add the previous chunk's tail, emit T*s samples, keep the new tail (bias added once, on emit).
+        y = F.conv_transpose1d(x, self.convtr.weight, None, stride=self.stride)
+        tail = state.get(self)
+        if tail is not None:
+            y = torch.cat([y[..., : self.trim] + tail, y[..., self.trim:]], dim=-1)
+        state[self] = y[..., t * self.stride:]
+        return y[..., : t * self.stride] + self.convtr.bias[:, None]
+
+
+class ResidualUnit(nn.Module):
+    """SEANet residual unit: ``x + conv1x1(ELU(conv_k,dilated(ELU(x))))``, hidden width ``channels // compress``."""
+
+    def __init__(self, channels: int, dilation: int, config: AudioTokenizerConfig):
+        super().__init__()
+        hidden = channels // config.compress
+        kw = dict(causal=config.causal, weight_norm=config.weight_norm)
+        self.conv1 = StreamConv1d(channels, hidden, config.residual_kernel_size, dilation=dilation, **kw)
+        self.conv2 = StreamConv1d(hidden, channels, 1, **kw)
+        self.shortcut = StreamConv1d(channels, channels, 1, **kw) if config.conv_shortcut else None
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        # x: [B, C, L] -> [B, C, L]
+        h = self.conv2(F.elu(self.conv1(F.elu(x), state)), state)
+        skip = x if self.shortcut is None else self.shortcut(x, state)
+        return skip + h
+
+
+class StreamLSTM(nn.Module):
+    """A multi-layer LSTM over time with a skip connection (SEANet); streaming carries ``(h, c)``."""
+
+    def __init__(self, channels: int, num_layers: int):
+        super().__init__()
+        self.lstm = nn.LSTM(channels, channels, num_layers)
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        # x: [B, C, T] -> [B, C, T]
+        seq = x.permute(2, 0, 1)                                                     # [T, B, C]
+        if state is None:
+            y, _ = self.lstm(seq)
+        else:
+            if seq.shape[0] == 0:
+                return x
+            y, hc = self.lstm(seq, state.get(self))
+            state[self] = hc
+        return (y + seq).permute(1, 2, 0)
+
+
+class Patchify(nn.Module):
+    """Space-to-depth in time: ``[B, 1, N] -> [B, p, N / p]`` (sample ``t * p + i`` goes to channel ``i``, step
+    ``t``). A cheap stem: the first conv then runs at ``sample_rate / p`` instead of the full rate (the same trick as
+    the video tokenizer's patch stem). Streaming keeps the samples of an incomplete patch."""
+
+    def __init__(self, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        p = self.patch_size
+        if state is not None:
+            buffer = state.get(self)
+            if buffer is not None:
+                x = torch.cat([buffer, x], dim=-1)
+            n = x.shape[-1] // p * p
+            state[self] = x[..., n:]
+            x = x[..., :n]
+        b, _, n = x.shape
+        return x.reshape(b, n // p, p).transpose(1, 2)              # [B, p, N / p]
+
+
+def unpatchify(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :class:`Patchify`: ``[B, p, T] -> [B, 1, T * p]``."""
+    b, p, t = x.shape
+    return x.transpose(1, 2).reshape(b, 1, t * p)
+
+
+class SEANetEncoder(nn.Module):
+    """Waveform ``[B, 1, N]`` (``N`` a multiple of the hop) -> latent ``[B, dimension, N / hop]``."""
+
+    def __init__(self, config: AudioTokenizerConfig):
+        super().__init__()
+        kw = dict(causal=config.causal, weight_norm=config.weight_norm)
+        ch = config.base_channels
+        self.patch = Patchify(config.patch_size) if config.patch_size > 1 else None
+        self.conv_in = StreamConv1d(config.patch_size, ch, config.kernel_size, **kw)
+        self.stages = nn.ModuleList()
+        for stride in config.ratios:
+            stage = nn.Module()
+            stage.res = nn.ModuleList(ResidualUnit(ch, d, config) for d in config.dilations)
+            stage.down = StreamConv1d(ch, 2 * ch, 2 * stride, stride=stride, **kw)
+            self.stages.append(stage)
+            ch *= 2
+        self.lstm = StreamLSTM(ch, config.lstm_layers) if config.lstm_layers else None
+        self.conv_out = StreamConv1d(ch, config.dimension, config.last_kernel_size, **kw)
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        if self.patch is not None:
+            x = self.patch(x, state)                                 # [B, p, N / p]
+        x = self.conv_in(x, state)                                   # [B, C, N / p]
+        for stage in self.stages:
+            for unit in stage.res:
+                x = unit(x, state)
+            x = stage.down(F.elu(x), state)                          # [B, 2C, N / stride]
+        if self.lstm is not None:
+            x = self.lstm(x, state)
+        return self.conv_out(F.elu(x), state)                        # [B, dimension, F]
+
+
+class SEANetDecoder(nn.Module):
+    """Latent ``[B, dimension, F]`` -> waveform ``[B, 1, F * hop]``; mirrors :class:`SEANetEncoder`."""
+
+    def __init__(self, config: AudioTokenizerConfig):
+        super().__init__()
+        kw = dict(causal=config.causal, weight_norm=config.weight_norm)
+        ch = config.base_channels * 2 ** len(config.ratios)
+        self.conv_in = StreamConv1d(config.dimension, ch, config.kernel_size, **kw)
+        self.lstm = StreamLSTM(ch, config.lstm_layers) if config.lstm_layers else None
+        self.stages = nn.ModuleList()
+        for stride in reversed(config.ratios):
+            stage = nn.Module()
+            stage.up = StreamConvTranspose1d(ch, ch // 2, stride, **kw)
+            ch //= 2
+            stage.res = nn.ModuleList(ResidualUnit(ch, d, config) for d in config.dilations)
+            self.stages.append(stage)
+        self.conv_out = StreamConv1d(ch, config.patch_size, config.last_kernel_size, **kw)
+
+    def forward(self, z: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        x = self.conv_in(z, state)                                   # [B, C, F]
+        if self.lstm is not None:
+            x = self.lstm(x, state)
+        for stage in self.stages:
+            x = stage.up(F.elu(x), state)                            # [B, C/2, F * stride]
+            for unit in stage.res:
+                x = unit(x, state)
+        x = self.conv_out(F.elu(x), state)                           # [B, p, F * hop / p]
+        return unpatchify(x) if x.shape[1] > 1 else x                # [B, 1, F * hop]
+
+
+# ------------------------------------------------------------------------------------------------------------- model
+@dataclass
+class AudioTokenizerOutput(ModelOutput):
+    """Output of :meth:`AudioTokenizer.forward`.
+
+    Attributes:
+        reconstruction: decoded waveform ``[B, 1, F * hop]`` (not clamped, so the loss sees overshoots).
+        codes: RVQ indices ``[B, n_q, F]`` (int64; -1 for levels quantizer dropout skipped in training).
+        quantizer_loss: the RVQ's weighted commitment loss (scalar).
+        metrics: detached quantizer metrics (``utilization``, ``perplexity``, ``num_quantizers``, ...).
+    """
+
+    reconstruction: torch.Tensor | None = None
+    codes: torch.Tensor | None = None
+    quantizer_loss: torch.Tensor | None = None
+    metrics: dict | None = None
+
+
+class AudioTokenizer(PreTrainedModel):
+    """SoundStream/EnCodec-style audio tokenizer with residual VQ.
+
+    Implements :class:`mmtok.interface.ModalityTokenizer`: ``encode`` mono waveforms ``[B, 1, N]`` or ``[B, N]``
+    (float, about [-1, 1], at ``sample_rate``) to codes ``[B, n_q, F]`` with ``F = ceil(N / hop)``; ``decode`` codes
+    (any number of leading levels) back to ``[B, 1, F * hop]``.
+
+    Example::
+
+        tok = AudioTokenizer.from_preset("demo")
+        codes = tok.encode(wav, num_quantizers=4)     # [B, 1, 34000] -> [B, 4, 54]
+        wav2 = tok.decode(codes)                      # [B, 1, 34560]
+        tok.save_pretrained("out/audio_tok")          # config.json + model.safetensors
+    """
+
+    config_class = AudioTokenizerConfig
+    base_model_prefix = "audio_tokenizer"
+    main_input_name = "wav"
+    modality = "audio"
+
+    def __init__(self, config: AudioTokenizerConfig):
+        super().__init__(config)
+        self.encoder = SEANetEncoder(config)
+        self.quantizer = ResidualVQ(
+            dim=config.dimension, num_quantizers=config.num_quantizers, codebook_size=config.codebook_size,
+            codebook_dim=config.codebook_dim, quantize_dropout=config.quantize_dropout,
+            quantize_dropout_cutoff_index=config.quantize_dropout_cutoff_index, decay=config.decay,
+            commitment_weight=config.commitment_weight, kmeans_init=config.kmeans_init,
+            kmeans_iters=config.kmeans_iters, threshold_ema_dead_code=config.threshold_ema_dead_code)
+        self.decoder = SEANetDecoder(config)
+        self.post_init()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "AudioTokenizer":
+        """A freshly initialized tokenizer of a named preset (``debug``, ``demo``, ``soundstream_24k``,
+        ``encodec_24k``)."""
+        return cls(AudioTokenizerConfig.from_preset(name, **overrides))
+
+    @classmethod
+    def from_encodec(cls, path_or_model: Any, **kwargs: Any):
+        """Wrap a ``transformers.EncodecModel`` (or a local directory holding one) behind this interface.
+
+        See :class:`mmtok.audio.encodec_bridge.EncodecAudioTokenizer`.
+        """
+        from mmtok.audio.encodec_bridge import EncodecAudioTokenizer
+
+        return EncodecAudioTokenizer.from_pretrained(path_or_model, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # PyTorch's default conv init (uniform, fan-in), with the weight-norm magnitude set to match; transformers'
+        # N(0, 0.02) is far too small for a deep CNN.
+        if isinstance(module, (StreamConv1d, StreamConvTranspose1d)):
+            conv = module.conv if isinstance(module, StreamConv1d) else module.convtr
+            if parametrize.is_parametrized(conv, "weight"):
+                original = conv.parametrizations.weight
+                v = original.original1
+                nn.init.kaiming_uniform_(v, a=math.sqrt(5))
+                # weight_norm's default dim=0: one magnitude per first-axis slice (see torch's _weight_norm)
+                original.original0.copy_(v.norm(dim=list(range(1, v.dim())), keepdim=True))
+            else:
+                nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5))
+            fan_in = conv.in_channels * conv.kernel_size[0] // (1 if isinstance(conv, nn.Conv1d) else conv.stride[0])
+            bound = 1 / math.sqrt(max(fan_in, 1))
+            nn.init.uniform_(conv.bias, -bound, bound)
+        elif isinstance(module, nn.LSTM):
+            bound = 1 / math.sqrt(module.hidden_size)
+            for p in module.parameters():
+                nn.init.uniform_(p, -bound, bound)
+        elif isinstance(module, VectorQuantizer):
+            module.embed.copy_(torch.randn_like(module.embed))
+            if getattr(module, "embed_avg", None) is not None:
+                module.embed_avg.copy_(module.embed)
+            module.cluster_size.fill_(1.0)
+            module.initted.fill_(not self.config.kmeans_init)
+
+    # --------------------------------------------------------------------------------- interface properties
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def num_codebooks(self) -> int:
+        """RVQ levels the codec has (a consumer may use only the first few)."""
+        return self.config.num_quantizers
+
+    @property
+    def num_quantizers(self) -> int:
+        return self.config.num_quantizers
+
+    @property
+    def frame_rate(self) -> float:
+        """Latent frames per second (``sample_rate / hop_length``)."""
+        return self.config.frame_rate
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def bandwidths(self) -> list[float]:
+        """kbps of 1, 2, ..., ``num_quantizers`` levels."""
+        return [self.config.kbps(n) for n in range(1, self.num_quantizers + 1)]
+
+    def bandwidth_to_num_quantizers(self, kbps: float) -> int:
+        """The most levels whose bitrate ``n_q * log2(codebook_size) * frame_rate / 1000`` is <= ``kbps``
+        (capped at ``num_quantizers``); raises ``ValueError`` when even one level exceeds it."""
+        per_level = self.config.kbps(1)
+        n = math.floor(kbps / per_level + 1e-9)
+        if n < 1:
+            raise ValueError(f"{kbps} kbps is below one RVQ level ({per_level:g} kbps at {self.frame_rate:g} frames/s, "
+                             f"{self.config.bits_per_level:g} bits/level); available: {self.bandwidths}")
+        return min(n, self.num_quantizers)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Code frames for ``num_samples`` samples: ``ceil(num_samples / hop)``."""
+        return math.ceil(num_samples / self.hop_length)
+
+    # ----------------------------------------------------------------------------------------- input handling
+    def preprocess(self, wav: torch.Tensor) -> torch.Tensor:
+        """Float ``[B, 1, N]`` or ``[B, N]`` -> ``[B, 1, N']`` with ``N'`` zero-padded up to a multiple of the hop."""
+        x = self._as_batch(wav)
+        pad = (-x.shape[-1]) % self.hop_length
+        return F.pad(x, (0, pad)) if pad else x
+
+    def _as_batch(self, wav: torch.Tensor) -> torch.Tensor:
+        if not isinstance(wav, torch.Tensor):
+            raise TypeError(f"audio must be a torch.Tensor, got {type(wav).__name__} (use torch.from_numpy)")
+        if not wav.dtype.is_floating_point:
+            raise TypeError(f"audio must be a float waveform in [-1, 1], got {wav.dtype} (int16 PCM? divide by 32768)")
+        if wav.dim() == 2:
+            wav = wav[:, None]
+        if wav.dim() != 3 or wav.shape[1] != 1:
+            raise ValueError(f"audio must be mono [B, 1, N] or [B, N], got shape {tuple(wav.shape)}"
+                             + (" (stereo? downmix to mono first)" if wav.dim() == 3 else ""))
+        param = next(self.parameters())
+        return wav.to(device=param.device, dtype=param.dtype)
+
+    def _num_levels(self, num_quantizers: int | None, bandwidth: float | None) -> int | None:
+        if num_quantizers is not None and bandwidth is not None:
+            raise ValueError("pass num_quantizers or bandwidth, not both")
+        if bandwidth is not None:
+            return self.bandwidth_to_num_quantizers(bandwidth)
+        if num_quantizers is not None and not 1 <= num_quantizers <= self.num_quantizers:
+            raise ValueError(f"num_quantizers must be in [1, {self.num_quantizers}], got {num_quantizers}")
+        return num_quantizers
+
+    def _check_codes(self, codes: torch.Tensor) -> None:
+        if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype == torch.bool:
+            raise TypeError(f"codes must be an integer tensor [B, n_q, F], got "
+                            f"{getattr(codes, 'dtype', type(codes).__name__)}")
+        if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.num_quantizers:
+            raise ValueError(f"codes must be [B, n_q, F] with 1 <= n_q <= {self.num_quantizers}, got shape "
+                             f"{tuple(codes.shape)}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got range "
+                             f"[{int(codes.min())}, {int(codes.max())}]")
+
+    # ------------------------------------------------------------------------------------------ forward passes
+    def forward(self, wav: torch.Tensor, num_quantizers: int | None = None,
+                return_dict: bool = True) -> AudioTokenizerOutput:
+        """Encode, quantize (straight-through) and decode: the training pass.
+
+        ``num_quantizers=None`` uses all levels, or a random number of them in training when ``quantize_dropout``.
+        """
+        x = self.preprocess(wav)                                            # [B, 1, N]
+        z = self.encoder(x)                                                 # [B, D, F]
+        q = self.quantizer(z.transpose(1, 2), num_quantizers=num_quantizers)  # RVQ is channel-last
+        recon = self.decoder(q.quantized.transpose(1, 2))                   # [B, 1, N]
+        out = AudioTokenizerOutput(reconstruction=recon, codes=q.indices.transpose(1, 2),
+                                   quantizer_loss=q.loss, metrics=q.metrics)
+        return out if return_dict else out.to_tuple()
+
+    def _quantize(self, z: torch.Tensor, n: int | None) -> torch.Tensor:
+        # z: [B, D, F] -> codes [B, n_q, F]
+        return self.quantizer(z.transpose(1, 2), num_quantizers=n or self.num_quantizers).indices.transpose(1, 2)
+
+    def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        # codes: [B, n_q, F] -> latent [B, D, F]
+        self._check_codes(codes)
+        z = self.quantizer.indices_to_codes(codes.to(self.device).transpose(1, 2))
+        return z.transpose(1, 2).to(self.dtype)
+
+    @torch.no_grad()
+    def encode(self, wav: torch.Tensor, num_quantizers: int | None = None,
+               bandwidth: float | None = None) -> torch.Tensor:
+        """Waveform ``[B, 1, N]`` or ``[B, N]`` -> codes ``[B, n_q, ceil(N / hop)]`` (int64).
+
+        Args:
+            num_quantizers: levels to emit (default: all).
+            bandwidth: or a bitrate in kbps (see :meth:`bandwidth_to_num_quantizers`).
+        """
+        n = self._num_levels(num_quantizers, bandwidth)
+        was_training = self.training
+        self.eval()                                      # never move codebooks or drop levels while encoding
+        try:
+            with parametrize.cached():                   # weight norm computed once per call, not per use
+                return self._quantize(self.encoder(self.preprocess(wav)), n)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, n_q, F]`` (the first ``n_q`` levels) -> waveform ``[B, 1, F * hop]`` clamped to [-1, 1]."""
+        with parametrize.cached():
+            return self.decoder(self._dequantize(codes)).clamp(-1.0, 1.0)
+
+    # ------------------------------------------------------------------------------------------------ streaming
+    def stream_encoder(self, num_quantizers: int | None = None) -> "AudioStreamEncoder":
+        """A chunk-by-chunk encoder (causal models only); see :class:`AudioStreamEncoder`."""
+        return AudioStreamEncoder(self, num_quantizers)
+
+    def stream_decoder(self) -> "AudioStreamDecoder":
+        """A chunk-by-chunk decoder (causal models only); see :class:`AudioStreamDecoder`."""
+        return AudioStreamDecoder(self)
+
+
+class AudioStreamEncoder:
+    """Encode a signal chunk by chunk with carried state; the codes equal those of encoding it whole.
+
+    ``encode(chunk)`` takes ``[B, 1, n]`` / ``[B, n]`` samples of any length and returns the codes of every frame
+    completed so far ``[B, n_q, k]`` (``k`` may be 0); ``flush()`` zero-pads the remainder to a full frame, as
+    :meth:`AudioTokenizer.encode` pads the end of a whole signal, and returns the last frame (if any).
+    """
+
+    def __init__(self, model: AudioTokenizer, num_quantizers: int | None = None):
+        if not model.config.causal:
+            raise ValueError("streaming needs a causal model (config.causal=True); this one pads both sides")
+        self.model = model
+        self.num_quantizers = model._num_levels(num_quantizers, None)
+        self.state: StreamState = {}
+        self.num_samples = 0
+
+    @torch.no_grad()
+    def encode(self, chunk: torch.Tensor) -> torch.Tensor:
+        x = self.model._as_batch(chunk)                                      # [B, 1, n]
+        self.num_samples += x.shape[-1]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            z = self.model.encoder(x, self.state)                            # [B, D, k]
+            return self.model._quantize(z, self.num_quantizers)               # [B, n_q, k]
+        finally:
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def flush(self) -> torch.Tensor:
+        pad = (-self.num_samples) % self.model.hop_length
+        batch = self._batch_size()
+        param = next(self.model.parameters())
+        return self.encode(torch.zeros(batch, 1, pad, dtype=param.dtype, device=param.device))
+
+    def _batch_size(self) -> int:
+        for value in self.state.values():
+            if isinstance(value, torch.Tensor):
+                return value.shape[0]
+        return 1
+
+
+class AudioStreamDecoder:
+    """Decode codes chunk by chunk with carried state: ``decode(codes [B, n_q, k]) -> [B, 1, k * hop]``; the
+    concatenated output equals :meth:`AudioTokenizer.decode` of all the codes."""
+
+    def __init__(self, model: AudioTokenizer):
+        if not model.config.causal:
+            raise ValueError("streaming needs a causal model (config.causal=True); this one pads both sides")
+        self.model = model
+        self.state: StreamState = {}
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.decoder(self.model._dequantize(codes), self.state).clamp(-1.0, 1.0)
+
+
+AutoConfig.register(AudioTokenizerConfig.model_type, AudioTokenizerConfig, exist_ok=True)
+AutoModel.register(AudioTokenizerConfig, AudioTokenizer, exist_ok=True)
