@@ -1,0 +1,475 @@
+"""A MAGVIT-v2-style causal video tokenizer: causal 3D CNN encoder -> LFQ codes -> causal 3D CNN decoder.
+
+MAGVIT-v2 (Yu et al. 2023, arXiv 2310.05737): every 3D convolution pads time from the past only, so latent frame
+``j`` sees input frames ``<= f * j`` (``f`` = temporal factor) and the first frame is encoded on its own; an image is
+a one-frame video and shares the code space of videos. A clip of ``1 + f*k`` frames gives ``1 + k`` latent frames.
+
+Layout (``demo`` preset, shapes for a 17x64x64 clip, ``[B, C, T, H, W]``):
+
+    video [B,3,17,64,64]
+      -> space-to-depth 4x4              [B,48,17,16,16]
+      -> causal conv                     [B,32,17,16,16]
+      -> stage 1 res block, down t+s     [B,32, 9, 8, 8]
+      -> stage 2 res block, down t       [B,64, 5, 8, 8]
+      -> stage 3 res block               [B,128,5, 8, 8]
+      -> norm, SiLU, conv to d=12, GroupNorm (no affine)   [B,12,5,8,8]
+      -> LFQ (channel-last)              codes [B,5,8,8] in [0, 2^12)
+    the decoder mirrors it with depth-to-space upsampling and GroupNorms modulated by the quantized latents.
+
+The space-to-depth stem (``patch_size``) replaces MAGVIT-v2's full-resolution first stage: a 4x4 pixel block folded
+into 48 channels loses nothing (it is a permutation), and every convolution then runs on 16x fewer positions; the
+Cosmos tokenizer (arXiv 2501.03575) does the same with a 2-level Haar wavelet. ``magvit2_128`` keeps ``patch_size=1``.
+
+All GroupNorms normalize each frame separately: a norm over the whole clip would let future frames change the
+statistics of past ones and break causality.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from mmtok.quantizers import LFQ
+from mmtok.video.configuration_video import VideoTokenizerConfig
+
+
+# ------------------------------------------------------------------------------------------------------ building blocks
+def _groups(num_groups: int, channels: int) -> int:
+    """The largest group count <= num_groups that divides channels."""
+    g = min(num_groups, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
+def frame_group_norm(x: torch.Tensor, num_groups: int, eps: float = 1e-6) -> torch.Tensor:
+    """GroupNorm of each frame on its own (no affine). ``x [B, C, T, H, W] -> [B, C, T, H, W]``."""
+    b, c, t, h, w = x.shape
+    xg = x.view(b, num_groups, c // num_groups, t, h, w)
+    var, mean = torch.var_mean(xg, dim=(2, 4, 5), keepdim=True, unbiased=False)   # [B, G, 1, T, 1, 1]
+    return ((xg - mean) * torch.rsqrt(var + eps)).view(b, c, t, h, w)
+
+
+class FrameGroupNorm(nn.Module):
+    """Per-frame GroupNorm with an optional per-channel affine."""
+
+    def __init__(self, channels: int, num_groups: int, affine: bool = True):
+        super().__init__()
+        self.num_groups = _groups(num_groups, channels)
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = frame_group_norm(x, self.num_groups)
+        if self.weight is not None:
+            y = y * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
+        return y
+
+
+def broadcast_latents(z: torch.Tensor, t: int, h: int, w: int) -> torch.Tensor:
+    """Nearest, causal resize of latent-rate features ``[B, C, T', H', W']`` to ``[B, C, t, h, w]``.
+
+    Output frame ``i`` takes latent frame ``ceil(i / r)`` with ``r = (t - 1) / (T' - 1)``: the frame-0 latent
+    covers frame 0 alone and latent ``j`` covers frames ``r(j-1)+1 .. rj``, mirroring the encoder's causal grid.
+    """
+    tz, hz, wz = z.shape[2:]
+    if tz != t:
+        if tz == 1 or (t - 1) % (tz - 1):
+            raise ValueError(f"cannot map {tz} latent frames onto {t} frames")
+        r = (t - 1) // (tz - 1)
+        index = (torch.arange(t, device=z.device) + r - 1) // r                        # [t]
+        z = z.index_select(2, index)
+    if (hz, wz) != (h, w):
+        z = z.repeat_interleave(h // hz, dim=3).repeat_interleave(w // wz, dim=4)
+    return z
+
+
+class AdaptiveFrameGroupNorm(nn.Module):
+    """MAGVIT-v2's adaptive GroupNorm: ``norm(x) * (1 + gamma(z_q)) + beta(z_q)``, gamma/beta 1x1 convs of the
+    quantized latents broadcast (causally) to the feature grid; gamma and beta start at zero (plain GroupNorm)."""
+
+    def __init__(self, channels: int, num_groups: int, cond_channels: int):
+        super().__init__()
+        self.num_groups = _groups(num_groups, channels)
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.to_scale_shift = nn.Conv3d(cond_channels, 2 * channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        y = frame_group_norm(x, self.num_groups)
+        y = y * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
+        scale, shift = self.to_scale_shift(cond).chunk(2, dim=1)                        # [B, C, T', H', W'] each
+        t, h, w = x.shape[2:]
+        return y * (1 + broadcast_latents(scale, t, h, w)) + broadcast_latents(shift, t, h, w)
+
+
+class CausalConv3d(nn.Module):
+    """3D convolution padded in time from the past only (the first frame repeated), zero-padded in space.
+
+    With temporal stride 2 and kernel 3, ``T = 1 + 2k`` frames give ``1 + k``: output ``j`` sees frames
+    ``2j-2 .. 2j``, so output 0 sees frame 0 alone.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int] = (3, 3),
+                 stride: tuple[int, int] = (1, 1)):
+        super().__init__()
+        kt, ks = kernel_size
+        self.time_pad = kt - 1
+        self.conv = nn.Conv3d(in_channels, out_channels, (kt, ks, ks), stride=(stride[0], stride[1], stride[1]),
+                              padding=(0, ks // 2, ks // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.time_pad:
+            first = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)                   # [B, C, kt-1, H, W]
+            x = torch.cat([first, x], dim=2)
+        return self.conv(x)
+
+
+class ResBlock(nn.Module):
+    """norm -> SiLU -> causal conv -> norm -> SiLU -> causal conv, plus a (1x1x1-projected) skip.
+
+    With ``cond_channels`` the norms are adaptive (decoder).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_groups: int, kernel: tuple[int, int],
+                 cond_channels: int | None = None):
+        super().__init__()
+        self.adaptive = cond_channels is not None
+        if self.adaptive:
+            self.norm1 = AdaptiveFrameGroupNorm(in_channels, num_groups, cond_channels)
+            self.norm2 = AdaptiveFrameGroupNorm(out_channels, num_groups, cond_channels)
+        else:
+            self.norm1 = FrameGroupNorm(in_channels, num_groups)
+            self.norm2 = FrameGroupNorm(out_channels, num_groups)
+        self.conv1 = CausalConv3d(in_channels, out_channels, kernel)
+        self.conv2 = CausalConv3d(out_channels, out_channels, kernel)
+        self.skip = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norm1(x, cond) if self.adaptive else self.norm1(x)
+        h = self.conv1(F.silu(h))
+        h = self.norm2(h, cond) if self.adaptive else self.norm2(h)
+        h = self.conv2(F.silu(h))
+        return self.skip(x) + h
+
+
+class Upsample(nn.Module):
+    """Depth-to-space upsampling: a causal conv to ``C * st * ss * ss`` channels, then channels -> (t, h, w).
+
+    In time, ``1 + k`` frames become ``2 + 2k`` and the first one is dropped (``1 + 2k``): latent frame 0 stays
+    frame 0 alone, as in the encoder.
+    """
+
+    def __init__(self, channels: int, out_channels: int, kernel: tuple[int, int], spatial: bool, temporal: bool):
+        super().__init__()
+        self.st, self.ss = (2 if temporal else 1), (2 if spatial else 1)
+        self.conv = CausalConv3d(channels, out_channels * self.st * self.ss * self.ss, kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, t, h, w = x.shape
+        st, ss = self.st, self.ss
+        y = self.conv(x)                                                                 # [B, C*st*ss*ss, T, H, W]
+        y = y.view(b, -1, st, ss, ss, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)           # [B, C, T, st, H, ss, W, ss]
+        y = y.reshape(b, -1, t * st, h * ss, w * ss)
+        return y[:, :, st - 1:] if st > 1 else y                                         # [B, C, st*(T-1)+1, ...]
+
+
+# ------------------------------------------------------------------------------------------------- encoder / decoder
+class VideoEncoder(nn.Module):
+    """Pixels ``[B, 3, T, H, W]`` in [-1, 1] -> pre-quantization latents ``[B, d, T', H', W']`` (per-frame
+    normalized, no affine: MAGVIT-v2 puts a plain GroupNorm right before LFQ)."""
+
+    def __init__(self, config: VideoTokenizerConfig):
+        super().__init__()
+        kernel = (config.temporal_kernel_size, config.spatial_kernel_size)
+        channels = [config.base_channels * m for m in config.channel_multipliers]
+        self.patch_size = config.patch_size
+        self.conv_in = CausalConv3d(config.in_channels * config.patch_size ** 2, channels[0], kernel)
+        self.blocks = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        ch = channels[0]
+        for i, out_ch in enumerate(channels):
+            self.blocks.append(nn.ModuleList(
+                ResBlock(ch if j == 0 else out_ch, out_ch, config.num_groups, kernel)
+                for j in range(config.num_res_blocks)))
+            ch = out_ch
+            if i < len(channels) - 1:
+                s, t = config.spatial_downsample[i], config.temporal_downsample[i]
+                self.downsamples.append(
+                    CausalConv3d(ch, ch, kernel, stride=(2 if t else 1, 2 if s else 1)) if (s or t) else nn.Identity())
+        self.norm_out = FrameGroupNorm(ch, config.num_groups)
+        self.conv_out = CausalConv3d(ch, config.latent_channels, kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        p = self.patch_size
+        if p > 1:   # space-to-depth: [B, 3, T, H, W] -> [B, 3*p*p, T, H/p, W/p]
+            x = x.view(b, c, t, h // p, p, w // p, p).permute(0, 1, 4, 6, 2, 3, 5).reshape(b, c * p * p, t, h // p,
+                                                                                              w // p)
+        x = self.conv_in(x)
+        for i, stage in enumerate(self.blocks):
+            for block in stage:
+                x = block(x)
+            if i < len(self.downsamples):
+                x = self.downsamples[i](x)
+        x = self.conv_out(F.silu(self.norm_out(x)))                                      # [B, d, T', H', W']
+        return frame_group_norm(x, 1)
+
+
+class VideoDecoder(nn.Module):
+    """Quantized latents ``[B, d, T', H', W']`` -> pixels ``[B, 3, T, H, W]`` (unbounded; clamp to [-1, 1] for
+    display). Every norm is conditioned on the latents when ``config.adaptive_norm``."""
+
+    def __init__(self, config: VideoTokenizerConfig):
+        super().__init__()
+        kernel = (config.temporal_kernel_size, config.spatial_kernel_size)
+        channels = [config.base_channels * m for m in config.channel_multipliers]
+        d = config.latent_channels
+        cond = d if config.adaptive_norm else None
+        self.patch_size = config.patch_size
+        self.conv_in = CausalConv3d(d, channels[-1], kernel)
+        self.blocks = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        ch = channels[-1]
+        for i in reversed(range(len(channels))):
+            self.blocks.append(nn.ModuleList(
+                ResBlock(ch if j == 0 else channels[i], channels[i], config.num_groups, kernel, cond)
+                for j in range(config.num_res_blocks)))
+            ch = channels[i]
+            if i > 0:
+                s, t = config.spatial_downsample[i - 1], config.temporal_downsample[i - 1]
+                self.upsamples.append(Upsample(ch, ch, kernel, spatial=s, temporal=t) if (s or t) else nn.Identity())
+        self.norm_out = (AdaptiveFrameGroupNorm(ch, config.num_groups, d) if config.adaptive_norm
+                         else FrameGroupNorm(ch, config.num_groups))
+        self.conv_out = CausalConv3d(ch, config.in_channels * config.patch_size ** 2, kernel)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        cond = z
+        x = self.conv_in(z)
+        for i, stage in enumerate(self.blocks):
+            for block in stage:
+                x = block(x, cond)
+            if i < len(self.upsamples):
+                x = self.upsamples[i](x)
+        x = self.norm_out(x, cond) if isinstance(self.norm_out, AdaptiveFrameGroupNorm) else self.norm_out(x)
+        x = self.conv_out(F.silu(x))                                                      # [B, 3*p*p, T, h, w]
+        p = self.patch_size
+        if p > 1:   # depth-to-space: [B, 3*p*p, T, h, w] -> [B, 3, T, h*p, w*p]
+            b, _, t, h, w = x.shape
+            x = x.view(b, -1, p, p, t, h, w).permute(0, 1, 4, 5, 2, 6, 3).reshape(b, -1, t, h * p, w * p)
+        return x
+
+
+# ------------------------------------------------------------------------------------------------------------- model
+@dataclass
+class VideoTokenizerOutput(ModelOutput):
+    """Output of :meth:`VideoTokenizer.forward`.
+
+    Attributes:
+        reconstruction: decoded video ``[B, 3, T, H, W]`` (not clamped, so the loss sees overshoots).
+        codes: LFQ indices ``[B, T', H', W']`` (int64).
+        quantizer_loss: the LFQ's weighted entropy + commitment loss (scalar).
+        metrics: detached quantizer metrics (``utilization``, ``perplexity``, ...).
+    """
+
+    reconstruction: torch.Tensor | None = None
+    codes: torch.Tensor | None = None
+    quantizer_loss: torch.Tensor | None = None
+    metrics: dict | None = None
+
+
+class VideoTokenizer(PreTrainedModel):
+    """MAGVIT-v2-style causal video tokenizer with lookup-free quantization.
+
+    Implements :class:`mmtok.interface.ModalityTokenizer`: ``encode`` videos (or images, as 1-frame videos) to
+    codes ``[B, T', H', W']``, ``decode`` codes back to ``[B, 3, T, H, W]`` in [-1, 1].
+
+    Example::
+
+        tok = VideoTokenizer.from_preset("demo")
+        codes = tok.encode(frames_uint8)          # [B, 17, 64, 64, 3] uint8 -> [B, 5, 8, 8]
+        video = tok.decode(codes)                 # [B, 3, 17, 64, 64] float in [-1, 1]
+        tok.save_pretrained("out/video_tok")      # config.json + model.safetensors
+    """
+
+    config_class = VideoTokenizerConfig
+    base_model_prefix = "video_tokenizer"
+    main_input_name = "video"
+    modality = "video"
+
+    def __init__(self, config: VideoTokenizerConfig):
+        super().__init__(config)
+        self.encoder = VideoEncoder(config)
+        self.quantizer = LFQ(
+            codebook_size=config.codebook_size, entropy_loss_weight=config.entropy_loss_weight,
+            commitment_loss_weight=config.commitment_loss_weight, diversity_gamma=config.diversity_gamma,
+            spherical=config.spherical, entropy_anneal_steps=config.entropy_anneal_steps,
+            entropy_anneal_factor=config.entropy_anneal_factor)
+        self.decoder = VideoDecoder(config)
+        self.post_init()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "VideoTokenizer":
+        """A freshly initialized tokenizer of a named preset (``debug``, ``demo``, ``magvit2_128``)."""
+        return cls(VideoTokenizerConfig.from_preset(name, **overrides))
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # PyTorch's default conv init (not transformers' N(0, 0.02), which is far too small for a deep CNN).
+        if isinstance(module, nn.Conv3d):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight.shape[1] * module.weight[0, 0].numel()
+                bound = 1 / math.sqrt(fan_in)
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.Linear):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        if isinstance(module, AdaptiveFrameGroupNorm):
+            init.zeros_(module.to_scale_shift.weight)
+            init.zeros_(module.to_scale_shift.bias)
+        if isinstance(module, (FrameGroupNorm, AdaptiveFrameGroupNorm)) and module.weight is not None:
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        if isinstance(module, LFQ):
+            init.copy_(module.bit_shifts, torch.arange(module.num_bits))
+
+    # --------------------------------------------------------------------------------- interface properties
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def num_codebooks(self) -> int:
+        return 1
+
+    @property
+    def frame_rate(self) -> float:
+        """Latent frames per second (after the first, which covers one frame)."""
+        return self.config.fps / self.config.temporal_factor
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.config.spatial_factor
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.config.temporal_factor
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Code grid ``(T', H', W')`` for a clip of this size (validated, see :meth:`encode`)."""
+        self._check_size(num_frames, height, width)
+        f, s = self.temporal_factor, self.spatial_factor
+        return 1 + (num_frames - 1) // f, height // s, width // s
+
+    def num_frames(self, latent_frames: int) -> int:
+        """Frames decoded from ``latent_frames`` latent frames: ``1 + f * (latent_frames - 1)``."""
+        return 1 + self.temporal_factor * (latent_frames - 1)
+
+    # ----------------------------------------------------------------------------------------- input handling
+    def _check_size(self, t: int, h: int, w: int) -> None:
+        f, s = self.temporal_factor, self.spatial_factor
+        if t < 1 or (t - 1) % f:
+            raise ValueError(f"the video tokenizer needs 1 + {f}k frames (1, {1 + f}, {1 + 2 * f}, ...), got {t}; "
+                             f"pass pad=True to repeat the last frame up to {1 + f * math.ceil((t - 1) / f)}")
+        if h % s or w % s:
+            raise ValueError(f"height and width must be divisible by the spatial factor {s}, got {h}x{w}; "
+                             "pass pad=True to pad the edges")
+
+    def preprocess(self, video: torch.Tensor, pad: bool = False) -> torch.Tensor:
+        """uint8 ``[B, T, H, W, 3]`` or float ``[B, 3, T, H, W]`` in [-1, 1] -> float ``[B, 3, T, H, W]``.
+
+        With ``pad=True`` the clip is padded (last frame repeated, edges replicated) to a valid size instead of
+        raising; crop the decoded video back to the input size.
+        """
+        if not isinstance(video, torch.Tensor):
+            raise TypeError(f"video must be a torch.Tensor, got {type(video).__name__}")
+        c = self.config.in_channels
+        if video.dtype == torch.uint8:
+            if video.dim() != 5 or video.shape[-1] != c:
+                raise ValueError(f"uint8 video must be [B, T, H, W, {c}] (channel-last frames), got shape "
+                                 f"{tuple(video.shape)}")
+            x = video.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+        elif video.dtype.is_floating_point:
+            if video.dim() != 5 or video.shape[1] != c:
+                raise ValueError(f"float video must be [B, {c}, T, H, W] in [-1, 1], got shape {tuple(video.shape)}"
+                                 + (" (channel-last? uint8 frames are [B, T, H, W, 3], floats [B, 3, T, H, W])"
+                                    if video.dim() == 5 and video.shape[-1] == c else ""))
+            x = video.float()
+        else:
+            raise TypeError(f"video must be uint8 [B, T, H, W, {c}] or float [B, {c}, T, H, W], got {video.dtype}")
+        param = next(self.parameters())
+        x = x.to(device=param.device, dtype=param.dtype)
+        t, h, w = x.shape[2:]
+        if pad:
+            f, s = self.temporal_factor, self.spatial_factor
+            pt = (-(t - 1)) % f
+            ph, pw = (-h) % s, (-w) % s
+            if pt:
+                x = torch.cat([x, x[:, :, -1:].expand(-1, -1, pt, -1, -1)], dim=2)
+            if ph or pw:
+                x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2, 0, 0), mode="replicate")
+            t, h, w = x.shape[2:]
+        self._check_size(t, h, w)
+        return x
+
+    def _check_codes(self, codes: torch.Tensor) -> None:
+        if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype == torch.bool:
+            raise TypeError(f"codes must be an integer tensor [B, T', H', W'], got "
+                            f"{getattr(codes, 'dtype', type(codes).__name__)}")
+        if codes.dim() != 4:
+            raise ValueError(f"codes must be [B, T', H', W'], got shape {tuple(codes.shape)}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got range "
+                             f"[{int(codes.min())}, {int(codes.max())}]")
+
+    # ------------------------------------------------------------------------------------------ forward passes
+    def forward(self, video: torch.Tensor, pad: bool = False, return_dict: bool = True) -> VideoTokenizerOutput:
+        """Encode, quantize (straight-through) and decode: the training pass."""
+        x = self.preprocess(video, pad=pad)                                              # [B, 3, T, H, W]
+        z = self.encoder(x)                                                              # [B, d, T', H', W']
+        q = self.quantizer(z.permute(0, 2, 3, 4, 1))                                     # LFQ is channel-last
+        zq = q.quantized.permute(0, 4, 1, 2, 3)                                          # [B, d, T', H', W']
+        recon = self.decoder(zq)                                                         # [B, 3, T, H, W]
+        out = VideoTokenizerOutput(reconstruction=recon, codes=q.indices, quantizer_loss=q.loss, metrics=q.metrics)
+        return out if return_dict else out.to_tuple()
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, pad: bool = False) -> torch.Tensor:
+        """uint8 ``[B, T, H, W, 3]`` or float ``[B, 3, T, H, W]`` in [-1, 1] -> codes ``[B, T', H', W']`` (int64).
+
+        ``T`` must be ``1 + f*k`` (``f = temporal_factor``; an image is ``T = 1``) and ``H, W`` multiples of
+        ``spatial_factor``, unless ``pad=True``.
+        """
+        z = self.encoder(self.preprocess(video, pad=pad))
+        return self.quantizer(z.permute(0, 2, 3, 4, 1)).indices
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, T', H', W']`` -> video ``[B, 3, T, H, W]`` in [-1, 1] with ``T = 1 + f*(T'-1)``."""
+        self._check_codes(codes)
+        zq = self.quantizer.indices_to_codes(codes.to(self.device)).permute(0, 4, 1, 2, 3)  # [B, d, T', H', W']
+        return self.decoder(zq.to(self.dtype)).clamp(-1.0, 1.0)
+
+    def decode_to_frames(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes -> uint8 frames ``[B, T, H, W, 3]``."""
+        return to_uint8(self.decode(codes))
+
+
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """Float video ``[B, 3, T, H, W]`` in [-1, 1] -> uint8 frames ``[B, T, H, W, 3]``."""
+    if video.dim() != 5 or video.shape[1] != 3:
+        raise ValueError(f"expected a float video [B, 3, T, H, W], got shape {tuple(video.shape)}")
+    return ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
+
+
+AutoConfig.register(VideoTokenizerConfig.model_type, VideoTokenizerConfig, exist_ok=True)
+AutoModel.register(VideoTokenizerConfig, VideoTokenizer, exist_ok=True)

@@ -1,0 +1,193 @@
+"""Evaluate a trained video tokenizer: PSNR, SSIM, codebook utilization, bits per pixel, compression ratio,
+encode/decode throughput, and side-by-side originals / reconstructions.
+
+    python recipes/eval_video_tokenizer.py model=outputs/demo/video_tokenizer/final \\
+        data.source=outputs/demo/corpus/manifest.jsonl data.split=test out=outputs/demo/video_tokenizer/eval
+
+Writes ``<out>/metrics.json`` and ``<out>/side_by_side.gif`` + ``.mp4`` (originals above, reconstructions below).
+Clips are the first ``max_clips`` readable records of the split, each its first ``num_frames`` frames at ``fps``,
+shorter side resized to ``size`` and centre-cropped; unreadable files are skipped and counted.
+
+Metrics: PSNR (dB, on [0, 255] frames, mean over clips), SSIM (Gaussian 11x11 window, sigma 1.5, per frame on
+luma-free RGB channels averaged), codebook utilization (distinct codes used over the whole eval set / codebook size)
+and code perplexity, bits per pixel ``= T'H'W' log2(K) / (T H W)``, compression ratio ``= 24 bits per RGB pixel /
+bpp``, encode and decode clips/s and frames/s (batch ``batch_size``, after one warm-up batch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from mmtok.data.media import MediaError  # noqa: E402
+from mmtok.video import VideoTokenizer, to_uint8  # noqa: E402
+from recipes.common import atomic_write_text, build_arg_parser, load_config, progress_enabled  # noqa: E402
+from recipes.train_video_tokenizer import RandomClips, find_records, write_gif  # noqa: E402
+from recipes.train_video_tokenizer import DataConfig as _TrainData  # noqa: E402
+
+
+@dataclass
+class EvalData:
+    source: str = "outputs/demo/corpus/manifest.jsonl"
+    split: Optional[str] = "test"
+    num_frames: int = 17
+    fps: float = 8.0
+    size: int = 64
+
+
+@dataclass
+class EvalConfig:
+    model: str = "outputs/demo/video_tokenizer/final"   # save_pretrained folder
+    out: str = "outputs/demo/video_tokenizer/eval"
+    data: EvalData = field(default_factory=EvalData)
+    max_clips: int = 64
+    batch_size: int = 8
+    num_side_by_side: int = 4
+    num_threads: Optional[int] = None
+
+
+# ------------------------------------------------------------------------------------------------------- metrics
+def psnr_uint8(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-clip PSNR (dB) of uint8 clips ``[B, T, H, W, 3]``."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))
+
+
+def ssim_uint8(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-clip SSIM (Wang et al. 2004) of uint8 clips ``[B, T, H, W, 3]``: Gaussian window, per frame and
+    channel, averaged."""
+    bsz = a.shape[0]
+    x = a.float().permute(0, 1, 4, 2, 3).flatten(0, 2)[:, None]                    # [B*T*3, 1, H, W]
+    y = b.float().permute(0, 1, 4, 2, 3).flatten(0, 2)[:, None]
+    window = min(window, x.shape[-1], x.shape[-2])
+    coords = torch.arange(window, dtype=torch.float32) - (window - 1) / 2
+    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    g = (g / g.sum())
+    kernel = (g[:, None] * g[None, :])[None, None]                                 # [1, 1, w, w]
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(1).view(bsz, -1).mean(1)
+
+
+def load_eval_clips(cfg: EvalConfig) -> tuple[torch.Tensor, list[dict[str, str]]]:
+    data_cfg = _TrainData(source=cfg.data.source, split=cfg.data.split, num_frames=cfg.data.num_frames,
+                          fps=cfg.data.fps, size=cfg.data.size)
+    data = RandomClips(find_records(data_cfg), data_cfg, seed=0)
+    clips, bad = [], []
+    for i in range(len(data)):
+        if len(clips) == cfg.max_clips:
+            break
+        try:
+            clips.append(data.load(i, None))
+        except MediaError as e:
+            bad.append({"id": data.records[i].id, "file": str(e.path), "reason": e.reason})
+    if not clips:
+        raise ValueError(f"no readable clips in {cfg.data.source} (split {cfg.data.split!r}); {len(bad)} bad files")
+    return torch.from_numpy(np.stack(clips)), bad
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
+    """uint8 ``[T, H, W, 3]`` -> H.264 MP4 (even sizes)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=int(round(fps)))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+@torch.no_grad()
+def evaluate(model: VideoTokenizer, clips: torch.Tensor, batch_size: int) -> dict[str, Any]:
+    """Metrics of ``model`` on uint8 clips ``[N, T, H, W, 3]``; also returns the reconstructions."""
+    model.eval()
+    n, t, h, w, _ = clips.shape
+    codes, recons = [], []
+    bar = tqdm(total=n, desc="eval", unit="clip", disable=not progress_enabled())
+    model.encode(clips[:1])                      # warm-up (allocator, oneDNN primitive cache)
+    model.decode(model.encode(clips[:1]))
+    enc_time = dec_time = 0.0
+    for i in range(0, n, batch_size):
+        batch = clips[i:i + batch_size]
+        t0 = time.perf_counter()
+        c = model.encode(batch)
+        t1 = time.perf_counter()
+        r = to_uint8(model.decode(c))
+        t2 = time.perf_counter()
+        enc_time, dec_time = enc_time + t1 - t0, dec_time + t2 - t1
+        codes.append(c)
+        recons.append(r)
+        bar.update(len(batch))
+    bar.close()
+    codes_all, recon = torch.cat(codes), torch.cat(recons)
+    counts = torch.bincount(codes_all.flatten(), minlength=model.codebook_size).double()
+    probs = counts / counts.sum()
+    entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
+    tl, hl, wl = codes_all.shape[1:]
+    bpp = tl * hl * wl * math.log2(model.codebook_size) / (t * h * w)
+    psnr, ssim = psnr_uint8(recon, clips), ssim_uint8(recon, clips)
+    return {
+        "num_clips": n, "clip_shape": [t, h, w], "code_shape": [tl, hl, wl],
+        "codebook_size": model.codebook_size,
+        "psnr": float(psnr.mean()), "psnr_std": float(psnr.std()) if n > 1 else 0.0,
+        "ssim": float(ssim.mean()),
+        "codebook_utilization": float((counts > 0).double().mean()),
+        "code_perplexity": float(entropy.exp()),
+        "bits_per_pixel": bpp, "compression_ratio": 24.0 / bpp,
+        "encode_clips_per_s": n / enc_time, "encode_frames_per_s": n * t / enc_time,
+        "decode_clips_per_s": n / dec_time, "decode_frames_per_s": n * t / dec_time,
+        "_reconstructions": recon,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_arg_parser(__doc__.split("\n")[0]).parse_args(argv)
+    cfg: EvalConfig = load_config(EvalConfig, args.config, args.overrides)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise FileNotFoundError(f"no tokenizer at {cfg.model} (expected a save_pretrained folder with config.json)")
+    model = VideoTokenizer.from_pretrained(cfg.model).eval()
+    clips, bad = load_eval_clips(cfg)
+    metrics = evaluate(model, clips, cfg.batch_size)
+    recon = metrics.pop("_reconstructions")
+    metrics.update(model=str(cfg.model), source=cfg.data.source, split=cfg.data.split, bad_files=bad,
+                   torch_threads=torch.get_num_threads())
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    k = min(cfg.num_side_by_side, len(clips))
+    write_gif(out / "side_by_side.gif", clips[:k], recon[:k], cfg.data.fps)
+    grid = torch.cat([torch.cat(list(clips[:k]), dim=2), torch.cat(list(recon[:k]), dim=2)], dim=1).numpy()
+    write_mp4(out / "side_by_side.mp4", grid, cfg.data.fps)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    print(" | ".join(f"{key} {metrics[key]:.4g}" for key in
+                     ("psnr", "ssim", "codebook_utilization", "bits_per_pixel", "compression_ratio",
+                      "encode_frames_per_s", "decode_frames_per_s")))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Tests of the causal video tokenizer (mmtok.video): shapes, causality, image/video agreement, save/load, errors,
+and that the debug model learns to reconstruct a clip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel
+
+from mmtok.interface import ModalityTokenizer, code_spec
+from mmtok.video import PRESETS, VideoTokenizer, VideoTokenizerConfig, to_uint8
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions run faster on one thread, and far faster when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def debug_model() -> VideoTokenizer:
+    torch.manual_seed(0)
+    return VideoTokenizer.from_preset("debug").eval()
+
+
+def moving_square(t: int = 9, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """uint8 [1, T, H, W, 3]: a coloured square moving diagonally on a dark background."""
+    g = torch.Generator().manual_seed(seed)
+    colour = torch.randint(120, 256, (3,), generator=g, dtype=torch.uint8)
+    video = torch.full((1, t, size, size, 3), 20, dtype=torch.uint8)
+    for i in range(t):
+        y = x = i % (size - 5)
+        video[0, i, y:y + 5, x:x + 5] = colour
+    return video
+
+
+def random_video(t: int, h: int, w: int, b: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (b, t, h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("t,h,w,overrides,expected", [
+    (1, 16, 16, {}, (1, 4, 4)),                       # an image
+    (5, 16, 16, {}, (2, 4, 4)),
+    (9, 16, 16, {}, (3, 4, 4)),
+    (13, 8, 24, {}, (4, 2, 6)),                       # non-square
+    (9, 16, 16, {"patch_size": 2}, (3, 2, 2)),        # space-to-depth stem: factor 8
+    (9, 16, 16, {"temporal_downsample": [False, True]}, (5, 4, 4)),
+])
+def test_shape_table(t, h, w, overrides, expected):
+    torch.manual_seed(0)
+    model = VideoTokenizer.from_preset("debug", **overrides).eval()
+    video = random_video(t, h, w)
+    codes = model.encode(video)
+    assert codes.shape == (2, *expected)
+    assert codes.dtype == torch.int64
+    assert int(codes.min()) >= 0 and int(codes.max()) < model.codebook_size
+    assert model.latent_shape(t, h, w) == expected
+    recon = model.decode(codes)
+    assert recon.shape == (2, 3, t, h, w)
+    assert recon.dtype == torch.float32 and recon.abs().max() <= 1.0
+    assert model.num_frames(expected[0]) == t
+
+
+def test_float_and_uint8_inputs_agree(debug_model):
+    video = random_video(5, 16, 16)
+    as_float = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    assert torch.equal(debug_model.encode(video), debug_model.encode(as_float))
+
+
+def test_presets_are_consistent():
+    expected = {"debug": ((9, 16, 16), (3, 4, 4), 2 ** 6), "demo": ((17, 64, 64), (5, 8, 8), 2 ** 12),
+                "magvit2_128": ((17, 128, 128), (5, 16, 16), 2 ** 18)}
+    assert set(PRESETS) == set(expected)
+    for name, (clip, latent, codebook) in expected.items():
+        cfg = VideoTokenizerConfig.from_preset(name)
+        f, s = cfg.temporal_factor, cfg.spatial_factor
+        assert (1 + (clip[0] - 1) // f, clip[1] // s, clip[2] // s) == latent, name
+        assert cfg.codebook_size == codebook and cfg.latent_channels == codebook.bit_length() - 1
+    with pytest.raises(ValueError, match="unknown video tokenizer preset"):
+        VideoTokenizerConfig.from_preset("huge")
+
+
+def test_demo_preset_shapes_and_size():
+    torch.manual_seed(0)
+    model = VideoTokenizer.from_preset("demo").eval()
+    video = random_video(17, 64, 64, b=1)
+    codes = model.encode(video)
+    assert codes.shape == (1, 5, 8, 8)
+    assert model.decode(codes).shape == (1, 3, 17, 64, 64)
+    assert sum(p.numel() for p in model.parameters()) < 10_000_000
+
+
+def test_interface(debug_model):
+    assert isinstance(debug_model, ModalityTokenizer)
+    spec = code_spec(debug_model)
+    assert (spec.modality, spec.codebook_size, spec.num_codebooks) == ("video", 64, 1)
+    assert debug_model.frame_rate == pytest.approx(8.0 / 4)
+    assert (debug_model.temporal_factor, debug_model.spatial_factor) == (4, 4)
+
+
+# ---------------------------------------------------------------------------------------------------- causality
+def test_encoder_is_causal(debug_model):
+    video = random_video(13, 16, 16, b=1)
+    codes = debug_model.encode(video)                                  # latent frames: {0}, {1-4}, {5-8}, {9-12}
+    changed = video.clone()
+    changed[:, 5:] = 255 - changed[:, 5:]                              # change frames 5.. (latent frames 2, 3)
+    new = debug_model.encode(changed)
+    assert torch.equal(new[:, :2], codes[:, :2])
+    assert not torch.equal(new[:, 2:], codes[:, 2:])                   # the change is seen where it happens
+    changed_first = video.clone()
+    changed_first[:, 0] = 255 - changed_first[:, 0]
+    assert not torch.equal(debug_model.encode(changed_first)[:, 1:], codes[:, 1:])   # later frames see the past
+
+
+def test_decoder_is_causal(debug_model):
+    codes = torch.randint(0, 64, (1, 4, 4, 4), generator=torch.Generator().manual_seed(1))
+    frames = debug_model.decode(codes)
+    changed = codes.clone()
+    changed[:, 2:] = (changed[:, 2:] + 7) % 64                         # latent frames 2, 3 -> frames 5..12
+    new = debug_model.decode(changed)
+    assert torch.equal(new[:, :, :5], frames[:, :, :5])
+    assert not torch.allclose(new[:, :, 5:], frames[:, :, 5:])
+
+
+def test_first_latent_frame_equals_image_encoding(debug_model):
+    video = random_video(9, 16, 16)
+    codes = debug_model.encode(video)
+    image_codes = debug_model.encode(video[:, :1])
+    assert image_codes.shape == (2, 1, 4, 4)
+    assert torch.equal(image_codes, codes[:, :1])
+    # and decoding: the first decoded frame of a video equals the decoded image
+    assert torch.allclose(debug_model.decode(codes)[:, :, :1], debug_model.decode(image_codes), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------- training
+def test_forward_returns_losses_and_gradients_reach_the_encoder():
+    torch.manual_seed(0)
+    model = VideoTokenizer.from_preset("debug").train()
+    out = model(random_video(5, 16, 16))
+    assert out.reconstruction.shape == (2, 3, 5, 16, 16)
+    assert out.codes.shape == (2, 2, 4, 4)
+    assert out.quantizer_loss.dim() == 0 and torch.isfinite(out.quantizer_loss)
+    assert {"utilization", "perplexity"} <= set(out.metrics)
+    (out.reconstruction.abs().mean() + out.quantizer_loss).backward()
+    assert model.encoder.conv_in.conv.weight.grad is not None
+    assert model.encoder.conv_in.conv.weight.grad.abs().sum() > 0          # straight-through estimator
+    assert model.decoder.conv_out.conv.weight.grad.abs().sum() > 0
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a.float() - b.float()) / 2).pow(2).mean()
+    return float(10 * torch.log10(1 / mse))
+
+
+def test_debug_model_overfits_one_clip():
+    torch.manual_seed(0)
+    model = VideoTokenizer.from_preset("debug").train()
+    video = moving_square()
+    target = model.preprocess(video)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.eval()
+    start = psnr(model.decode(model.encode(video)), target)
+    model.train()
+    for _ in range(150):
+        out = model(video)
+        loss = (out.reconstruction - target).abs().mean() + out.quantizer_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    end = psnr(model.decode(model.encode(video)), target)
+    assert end > 24.0 and end > start + 10, (start, end)
+
+
+# ---------------------------------------------------------------------------------------------------- save/load
+def test_save_and_load_give_identical_codes(tmp_path, debug_model):
+    debug_model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "mmtok_video" and config["preset"] == "debug"
+    state = load_file(str(tmp_path / "model.safetensors"))
+    assert "quantizer.num_steps" in state
+    video = random_video(9, 16, 16)
+    loaded = VideoTokenizer.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded.encode(video), debug_model.encode(video))
+    codes = debug_model.encode(video)
+    assert torch.equal(loaded.decode(codes), debug_model.decode(codes))
+    auto = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(auto, VideoTokenizer)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), VideoTokenizerConfig)
+    assert torch.equal(auto.encode(video), codes)
+
+
+# ------------------------------------------------------------------------------------------------------- errors
+def test_bad_frame_count_raises_and_pad_fixes_it(debug_model):
+    video = random_video(7, 16, 16)
+    with pytest.raises(ValueError, match=r"1 \+ 4k frames"):
+        debug_model.encode(video)
+    codes = debug_model.encode(video, pad=True)
+    assert codes.shape == (2, 3, 4, 4)                                  # padded to 9 frames
+    padded = torch.cat([video, video[:, -1:].expand(-1, 2, -1, -1, -1)], dim=1)
+    assert torch.equal(codes, debug_model.encode(padded))
+
+
+def test_bad_size_raises_and_pad_fixes_it(debug_model):
+    video = random_video(5, 14, 18)
+    with pytest.raises(ValueError, match="divisible by the spatial factor 4"):
+        debug_model.encode(video)
+    assert debug_model.encode(video, pad=True).shape == (2, 2, 4, 5)
+
+
+@pytest.mark.parametrize("video,error,match", [
+    (torch.zeros(2, 5, 16, 16, 4, dtype=torch.uint8), ValueError, r"\[B, T, H, W, 3\]"),
+    (torch.zeros(5, 16, 16, 3, dtype=torch.uint8), ValueError, r"\[B, T, H, W, 3\]"),
+    (torch.zeros(2, 5, 16, 16, 3), ValueError, "channel-last"),
+    (torch.zeros(2, 1, 5, 16, 16), ValueError, r"\[B, 3, T, H, W\]"),
+    (torch.zeros(2, 5, 16, 16, 3, dtype=torch.int32), TypeError, "uint8"),
+    ([[0, 1]], TypeError, "torch.Tensor"),
+])
+def test_bad_inputs_raise_clear_errors(debug_model, video, error, match):
+    with pytest.raises(error, match=match):
+        debug_model.encode(video)
+
+
+def test_bad_codes_raise_clear_errors(debug_model):
+    with pytest.raises(ValueError, match=r"\[0, 64\)"):
+        debug_model.decode(torch.full((1, 2, 4, 4), 64))
+    with pytest.raises(ValueError, match=r"\[B, T', H', W'\]"):
+        debug_model.decode(torch.zeros(2, 4, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer"):
+        debug_model.decode(torch.zeros(1, 2, 4, 4))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="power of two"):
+        VideoTokenizerConfig(codebook_size=1000)
+    with pytest.raises(ValueError, match="spatial_downsample"):
+        VideoTokenizerConfig(channel_multipliers=[1, 2], spatial_downsample=[True, True], temporal_downsample=[True])
+
+
+def test_to_uint8_round_trip():
+    frames = random_video(5, 8, 8)
+    as_float = frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    assert torch.equal(to_uint8(as_float), frames)
