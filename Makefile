@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast bench clean
+.PHONY: setup test bench clean
 
 setup: $(STAMP)
 
@@ -25,9 +25,11 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
+# Benchmarks: peers are optional installs. torch stays pinned; magvit2-pytorch goes in without its torchvision pin.
 bench: setup
-	$(PIP) install --quiet -e '.[bench]'
-	$(PY) bench/quantizers.py
+	$(PIP) install --quiet "$(TORCH)" -e '.[bench]'
+	$(PIP) install --quiet --no-deps magvit2-pytorch
+	for b in quantizers video_tokenizer audio_tokenizer lm data; do $(PY) bench/$$b.py || exit 1; done
 
 clean:
-	rm -rf $(VENV) outputs bench/results/*.json
+	rm -rf $(VENV) outputs
