@@ -1,10 +1,18 @@
 """mmtok: video, audio and text tokenizers that share one token language.
 
-Importing :mod:`mmtok` registers its ``transformers`` model classes with the Auto* factories.
+Importing :mod:`mmtok` registers the video and audio tokenizers with ``transformers``' ``AutoConfig`` /
+``AutoModel`` (``model_type`` ``"mmtok_video"`` and ``"mmtok_audio"``), so ``AutoModel.from_pretrained(dir)`` loads
+a saved tokenizer.
 """
 
 from mmtok.interface import CodeSpec, ModalityTokenizer, code_spec
 
 __version__ = "0.1.0"
 
-__all__ = ["CodeSpec", "ModalityTokenizer", "code_spec", "__version__"]
+# Registration happens on import of the two packages (below the interface: they import it).
+from mmtok import audio as _audio  # noqa: E402,F401
+from mmtok import video as _video  # noqa: E402,F401
+from mmtok.audio import AudioTokenizer  # noqa: E402
+from mmtok.video import VideoTokenizer  # noqa: E402
+
+__all__ = ["AudioTokenizer", "CodeSpec", "ModalityTokenizer", "VideoTokenizer", "code_spec", "__version__"]
