@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test bench clean
+.PHONY: setup test demo bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# The main job: corpus -> tokenizers -> token shards -> LM -> generation -> evaluation -> outputs/demo/index.html.
+# Every stage is cached; pass ARGS=--force to redo them.
+demo: setup
+	$(PY) recipes/demo.py --config recipes/configs/demo.yaml $(ARGS)
 
 # Benchmarks: peers are optional installs. torch stays pinned; magvit2-pytorch goes in without its torchvision pin.
 bench: setup
