@@ -249,10 +249,18 @@ class ModelEMA:
 
 
 def cpu_accelerator_kwargs() -> dict[str, Any]:
-    """Extra ``Accelerator`` kwargs so multi-process runs work on CPU (gloo, since nccl needs GPUs)."""
+    """Extra ``Accelerator`` kwargs so multi-process runs work on CPU (gloo, since nccl needs GPUs).
+
+    Empty for a plain single-process run: a backend handler there makes accelerate expect a process group that no
+    launcher created ("Default process group has not been initialized").
+    """
     from accelerate.utils import InitProcessGroupKwargs
 
     if torch.cuda.is_available():
+        return {}
+    launched = (int(os.environ.get("WORLD_SIZE", "1")) > 1
+                or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true")
+    if not launched:
         return {}
     return {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo")]}
 

@@ -1,0 +1,350 @@
+"""The mmtok token LM: a Llama-style decoder over the unified video/audio/text vocabulary, with prefix-LM attention.
+
+Reading order:
+
+1. :func:`prefix_lm_overlay` / :func:`prefix_lm_mask`: the VideoPoet prefix-LM attention pattern (arXiv 2312.14125,
+   Sec. 3.2): every token sees the whole conditioning prefix (bidirectional over the first ``prefix_len`` tokens),
+   and the output segment is causal.
+2. :class:`MMLMModel`: embeddings -> transformers' Llama decoder blocks (RMSNorm, RoPE, SwiGLU, grouped-query
+   attention through transformers' attention interface, so SDPA / eager / flash all work) -> final RMSNorm. The
+   blocks are composed, not re-implemented: a Llama block is the right block, and it keeps training speed equal
+   to ``LlamaForCausalLM`` (``bench/lm.py`` measures it).
+3. :class:`MMLMForCausalLM`: the output head, the loss (mean token NLL over ``loss_mask``, VideoPoet trains on the
+   output segment only), per-modality NLL from the config's id ranges, and HF ``generate`` (KV cache included)
+   through :class:`~transformers.GenerationMixin`.
+
+Batch conventions (the ones ``mmtok.sequence`` builds): ``input_ids [B, L]``; ``loss_mask [B, L]`` is 1 where the
+token at that position is a training target (predicted from the position before it); ``prefix_len [B]`` counts
+the conditioning tokens at the start of each row; padding goes at the end (``pad_token_id``, ``loss_mask`` 0), so
+causal attention already keeps real tokens from seeing it and no ``attention_mask`` is needed for training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaDecoderLayer,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+)
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from lm.configuration_mmlm import MMLMConfig
+
+IGNORE_INDEX = -100
+
+
+# ------------------------------------------------------------------------------------------------ prefix-LM mask
+def prefix_lm_overlay(prefix_len: torch.Tensor) -> Callable:
+    """Mask function (transformers' ``(batch, head, q, kv) -> bool`` form) that opens the prefix to every query.
+
+    OR-ed with the causal mask it gives the prefix LM: query ``q`` of row ``b`` sees key ``kv`` iff
+    ``kv <= q or kv < prefix_len[b]``. Indices are absolute positions, so it stays right with a KV cache.
+    """
+
+    def inner_mask(batch_idx, head_idx, q_idx, kv_idx):
+        return kv_idx < prefix_len[batch_idx]
+
+    return inner_mask
+
+
+def prefix_lm_mask(prefix_len: torch.Tensor, q_len: int, kv_len: int | None = None, past_len: int = 0) -> torch.Tensor:
+    """The prefix-LM pattern as an explicit boolean tensor ``[B, q_len, kv_len]`` (True = may attend).
+
+    The reference definition (tests compare the model's attention against it); queries sit at absolute positions
+    ``past_len .. past_len + q_len - 1`` and keys at ``0 .. kv_len - 1``.
+    """
+    kv_len = past_len + q_len if kv_len is None else kv_len
+    q = torch.arange(past_len, past_len + q_len, device=prefix_len.device)[None, :, None]  # [1, q, 1]
+    kv = torch.arange(kv_len, device=prefix_len.device)[None, None, :]  # [1, 1, kv]
+    return (kv <= q) | (kv < prefix_len[:, None, None])  # [B, q, kv]
+
+
+# ------------------------------------------------------------------------------------------------------- outputs
+@dataclass
+class MMLMCausalLMOutput(CausalLMOutputWithPast):
+    """:class:`~transformers.modeling_outputs.CausalLMOutputWithPast` plus per-modality statistics.
+
+    Attributes (beyond the parent's ``loss``, ``logits``, ``past_key_values``, ``hidden_states``, ``attentions``):
+        modality_nll: ``{modality: mean NLL (nats) of the loss-masked target tokens in its id range}`` (detached;
+            ``nan`` where the batch has no such target).
+        modality_tokens: ``{modality: number of those targets}`` (0-d int64 tensors), so callers can average
+            exactly over several batches (``sum(nll * tokens) / sum(tokens)``).
+        num_loss_tokens: number of targets the loss averaged over (0-d int64).
+    """
+
+    modality_nll: dict[str, torch.Tensor] | None = None
+    modality_tokens: dict[str, torch.Tensor] | None = None
+    num_loss_tokens: torch.Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+class MMLMPreTrainedModel(PreTrainedModel):
+    """Weight init, attention-backend flags and output capture shared by the mmlm models."""
+
+    config: MMLMConfig
+    config_class = MMLMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LlamaDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_record_outputs = {"hidden_states": LlamaDecoderLayer, "attentions": LlamaAttention}
+
+
+class MMLMModel(MMLMPreTrainedModel):
+    """Token embeddings -> ``num_hidden_layers`` Llama decoder blocks -> RMSNorm; returns hidden states ``[B, L, H]``.
+
+    The Llama blocks read their sizes from :class:`MMLMConfig`, which carries the same field names as
+    ``LlamaConfig``.
+    """
+
+    def __init__(self, config: MMLMConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers))
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def build_attention_mask(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
+                             past_key_values: Cache | None, position_ids: torch.Tensor,
+                             prefix_len: torch.Tensor | None) -> Any:
+        """The mask handed to every attention layer, in the form the configured attention backend wants.
+
+        Causal, OR-ed with :func:`prefix_lm_overlay` when a prefix reaches into this chunk of queries; ``None``
+        when SDPA's own ``is_causal`` does the job (no prefix, no padding), which keeps the plain causal path as
+        fast as Llama's.
+        """
+        or_mask = None
+        if prefix_len is not None and self.config.prefix_lm:
+            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            # Queries at or after the longest prefix see the prefix anyway (causally): no overlay needed, e.g. in
+            # every decoding step after the prompt.
+            if int(prefix_len.max()) > past:
+                or_mask = prefix_lm_overlay(prefix_len)
+        return create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                  past_key_values=past_key_values, position_ids=position_ids,
+                                  or_mask_function=or_mask)
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        prefix_len: torch.LongTensor | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        """Run the decoder.
+
+        Args:
+            input_ids: ``[B, L]`` global token ids (or ``inputs_embeds [B, L, H]``).
+            attention_mask: optional ``[B, past + L]`` padding mask (1 = real token), as in transformers.
+            position_ids: optional ``[B, L]`` RoPE positions; default ``past .. past + L - 1``.
+            past_key_values: a transformers :class:`~transformers.Cache` to extend (generation).
+            use_cache: return the (new) cache.
+            prefix_len: optional ``[B]`` number of conditioning tokens per row (bidirectional attention over them);
+                ignored when ``config.prefix_lm`` is False.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            _check_ids(input_ids, self.config.vocab_size)
+            inputs_embeds = self.embed_tokens(input_ids)  # [B, L, H]
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if prefix_len is not None:
+            prefix_len = _check_prefix_len(prefix_len, inputs_embeds.shape[0], past + inputs_embeds.shape[1])
+        if position_ids is None:
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past).unsqueeze(0)
+
+        mask = self.build_attention_mask(inputs_embeds, attention_mask, past_key_values, position_ids, prefix_len)
+        hidden_states = inputs_embeds  # [B, L, H]
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)  # (cos, sin) [B, L, head_dim]
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask=mask, position_embeddings=position_embeddings,
+                                  position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache,
+                                  **kwargs)  # [B, L, H]
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
+    """:class:`MMLMModel` + a linear head over the unified vocabulary; loss over ``loss_mask``; HF ``generate``.
+
+    Example::
+
+        config = MMLMConfig.from_preset("demo", vocab=bundle.vocab)
+        model = MMLMForCausalLM(config)
+        out = model(input_ids, loss_mask=loss_mask, prefix_len=prefix_len)   # out.loss, out.modality_nll
+        ids = model.generate(prompt_ids, prefix_len=prompt_len, max_new_tokens=256, do_sample=True, top_k=100)
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MMLMConfig):
+        super().__init__(config)
+        self.model = MMLMModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def check_vocabulary(self, vocab_or_bundle: Any) -> None:
+        """Raise an error naming both layouts when a tokenizer bundle / vocabulary differs from the model's."""
+        self.config.check_vocabulary(vocab_or_bundle)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+        prefix_len: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> MMLMCausalLMOutput:
+        """Logits, and the loss when ``labels`` or ``loss_mask`` is given.
+
+        Args:
+            input_ids: ``[B, L]`` global token ids.
+            labels: ``[B, L]`` targets aligned with ``input_ids`` (shifted inside; ``-100`` = no loss). Defaults to
+                ``input_ids`` when only ``loss_mask`` is given.
+            loss_mask: ``[B, L]`` 1 where the token is a target (VideoPoet: the output segment); combined with
+                ``labels != -100``. Without it every labelled position after the first counts.
+            prefix_len: ``[B]`` conditioning length per row (prefix-LM attention).
+            logits_to_keep: compute logits only for the last N positions (``generate`` passes 1).
+            num_items_in_batch: divide the summed NLL by this instead of this batch's target count, so gradient
+                accumulation and data parallelism average over the whole global batch exactly.
+            Others: as :meth:`MMLMModel.forward`.
+
+        Returns:
+            :class:`MMLMCausalLMOutput`; ``logits`` are ``[B, L', vocab]``.
+        """
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            prefix_len=prefix_len, **kwargs)
+        hidden_states = outputs.last_hidden_state  # [B, L, H]
+
+        loss = modality_nll = modality_tokens = num_loss_tokens = None
+        if labels is None and loss_mask is not None:
+            if input_ids is None:
+                raise ValueError("loss_mask without labels needs input_ids (the targets)")
+            labels = input_ids
+        if labels is not None:
+            logits = self.lm_head(hidden_states)  # [B, L, V]
+            loss, modality_nll, modality_tokens, num_loss_tokens = self._loss(logits, labels, loss_mask,
+                                                                              num_items_in_batch)
+        else:
+            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # [B, L', V]
+
+        return MMLMCausalLMOutput(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                  hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+                                  modality_nll=modality_nll, modality_tokens=modality_tokens,
+                                  num_loss_tokens=num_loss_tokens)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None,
+              num_items_in_batch: int | torch.Tensor | None):
+        """Masked next-token NLL, plus per-modality NLL of the same targets."""
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(f"labels must be [batch, seq_len] = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+        # Shift the targets, not the logits: position t predicts token t+1, and the last position predicts nothing.
+        # (Slicing logits[:, :-1] would copy the whole [B, L, V] tensor.)
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # [B, L]
+        valid = targets != IGNORE_INDEX
+        if loss_mask is not None:
+            if loss_mask.shape != labels.shape:
+                raise ValueError(f"loss_mask must have the shape of input_ids {tuple(labels.shape)}, "
+                                 f"got {tuple(loss_mask.shape)}")
+            valid = valid & F.pad(loss_mask[:, 1:].bool(), (0, 1), value=False)
+        safe_targets = targets.masked_fill(~valid, 0)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), safe_targets.flatten(),
+                              reduction="none").view_as(targets)  # [B, L]
+        nll = nll * valid
+        count = valid.sum()
+        denom = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
+        if isinstance(denom, torch.Tensor):
+            denom = denom.to(nll.device)
+        loss = nll.sum() / denom
+
+        modality_nll, modality_tokens = {}, {}
+        with torch.no_grad():
+            for name, (start, end) in (self.config.modality_ranges or {}).items():
+                in_range = valid & (safe_targets >= start) & (safe_targets < end)
+                n = in_range.sum()
+                modality_tokens[name] = n
+                modality_nll[name] = (nll.detach() * in_range).sum() / n if n > 0 else nll.new_tensor(float("nan"))
+        return loss, modality_nll, modality_tokens, count
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+def _check_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input_ids must be an integer tensor (int64), got {input_ids.dtype}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        raise ValueError(f"input_ids must lie in [0, {vocab_size}) (the model's vocabulary), got values in "
+                         f"[{int(input_ids.min())}, {int(input_ids.max())}]: is the data tokenized with another "
+                         f"vocabulary?")
+
+
+def _check_prefix_len(prefix_len: Any, batch: int, total_len: int) -> torch.Tensor:
+    prefix_len = torch.as_tensor(prefix_len)
+    if prefix_len.dim() == 0:
+        prefix_len = prefix_len.expand(batch)
+    if prefix_len.shape != (batch,) or prefix_len.is_floating_point():
+        raise ValueError(f"prefix_len must be an integer tensor [batch={batch}], got {prefix_len.dtype} "
+                         f"{tuple(prefix_len.shape)}")
+    if int(prefix_len.min()) < 0 or int(prefix_len.max()) > total_len:
+        raise ValueError(f"prefix_len must lie in [0, {total_len}] (the sequence length), got {prefix_len.tolist()}")
+    return prefix_len.long()
+
+
+# ------------------------------------------------------------------------------------------------- registration
+AutoConfig.register(MMLMConfig.model_type, MMLMConfig, exist_ok=True)
+AutoModel.register(MMLMConfig, MMLMModel, exist_ok=True)
+AutoModelForCausalLM.register(MMLMConfig, MMLMForCausalLM, exist_ok=True)
+
+__all__ = ["MMLMPreTrainedModel", "MMLMModel", "MMLMForCausalLM", "MMLMCausalLMOutput", "prefix_lm_mask",
+           "prefix_lm_overlay"]

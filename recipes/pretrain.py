@@ -1,0 +1,543 @@
+"""Pretrain the mmtok token LM on task-mixture batches of token sequences.
+
+    python recipes/pretrain.py --config recipes/configs/pretrain_debug.yaml [dotted.key=value ...]
+    accelerate launch --config_file recipes/configs/accelerate/<setup>.yaml recipes/pretrain.py --config ...
+    python recipes/pretrain.py --config ... --resume          # continue the run folder's latest checkpoint
+
+The loop below is the whole training procedure: AdamW (torch.optim) with weight-decay groups, linear warmup then
+cosine decay, gradient accumulation and clipping, bf16 autocast where the hardware has it, periodic evaluation with
+per-task and per-modality NLL, atomic checkpoints (``recipes.common.save_checkpoint``), exact resume, JSONL +
+TensorBoard logs, and a final export folder that ``AutoModelForCausalLM.from_pretrained`` loads (with the tokenizer
+bundle or vocabulary beside the model, and a model card).
+
+Exactness: the batch of optimizer step ``s`` is a pure function of (seed, s), so a resumed run sees the same data;
+the loss of a step is the NLL summed over the *global* batch divided by the global count of target tokens (all
+ranks, all accumulation micro-batches), so 1 process, N processes, accumulation and DeepSpeed ZeRO train on the same
+objective and log the same losses up to float rounding.
+
+Data: ``data.source=synthetic`` builds task sequences with ``mmtok.sequence`` from seeded random codes (tests, smoke
+runs); ``data.source=shards`` reads the pre-tokenized shards through ``mmtok.data.loader`` (the data issue). Both go
+through :func:`build_data_source`, the one place to swap the data in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+if __package__ in (None, ""):  # `python recipes/pretrain.py` / `accelerate launch recipes/pretrain.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from accelerate import Accelerator  # noqa: E402
+from accelerate.utils import DistributedType, set_seed  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from lm import MMLMConfig, MMLMForCausalLM  # noqa: E402
+from recipes.common import (  # noqa: E402
+    RunLogger,
+    atomic_write_text,
+    build_arg_parser,
+    cpu_accelerator_kwargs,
+    dump_config,
+    latest_checkpoint,
+    load_checkpoint,
+    load_config,
+    progress_enabled,
+    save_checkpoint,
+)
+
+
+# ---------------------------------------------------------------------------------------------------- config
+DEFAULT_TASKS = {"t2v": 1.0, "v2a": 1.0, "v2t": 1.0}
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "debug"  # lm.PRESETS: debug, demo, base, videopoet_1b
+    init_from: str | None = None  # an exported model folder to continue from (its vocabulary must match the data)
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)  # any MMLMConfig field, e.g. {num_hidden_layers: 8}
+
+
+@dataclass
+class SyntheticConfig:
+    """Sizes of the synthetic token source (random codes laid out as real task sequences)."""
+    num_examples: int = 256
+    text_vocab: int = 64
+    text_len: int = 6
+    video_codebook: int = 64
+    video_shape: list[int] = field(default_factory=lambda: [2, 3, 3])  # latent T', H', W'
+    audio_codebook: int = 32
+    audio_levels: int = 2
+    audio_frames: int = 6
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # "synthetic" | "shards"
+    shards: str | None = None  # folder of token shards (data.source=shards)
+    bundle: str | None = None  # MultimodalTokenizer folder; its vocabulary lays out the ids (and is exported)
+    train_split: str | None = "train"  # shard rows of this split train (data.source=shards; None: all rows)
+    eval_split: str | None = "validation"  # ... and these evaluate (None: no evaluation)
+    # task -> mixture weight; empty means DEFAULT_TASKS. Config layers merge dicts key by key, so a task a YAML
+    # file lists is removed on the command line with weight 0 (data.tasks.v2t=0).
+    tasks: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 8  # sequences per process per micro-batch
+    max_len: int = 512  # longer sequences are an error (shards: skipped and counted by the loader)
+    cond_dropout: float = 0.1  # classifier-free-guidance condition dropout
+    eval_batches: int = 2  # global eval batches per task
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100  # optimizer steps
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    mixed_precision: str = "auto"  # "auto" (launcher's setting, else bf16 on a bf16 GPU, else fp32) | "no" | "bf16"
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 50
+    save_every: int = 50
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class PretrainConfig:
+    run_dir: str = "outputs/pretrain"
+    export_dir: str | None = None  # default: <run_dir>/export
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ------------------------------------------------------------------------------------------------------ data
+def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Right-pad a list of ``{input_ids [L], loss_mask [L], prefix_len, task}`` into a batch.
+
+    Padding at the end keeps causal attention of the real tokens unchanged, so no attention mask is needed.
+    """
+    length = max(int(e["input_ids"].numel()) for e in examples)
+    ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = int(e["input_ids"].numel())
+        ids[i, :n] = e["input_ids"]
+        mask[i, :n] = e["loss_mask"].long()
+    return {"input_ids": ids, "loss_mask": mask,
+            "prefix_len": torch.tensor([int(e["prefix_len"]) for e in examples], dtype=torch.long),
+            "task": [e["task"] for e in examples]}
+
+
+class SyntheticTokenData:
+    """Task-mixture batches of synthetic token sequences, a deterministic function of (seed, step, rank).
+
+    Stand-in for the token-shard loader (``mmtok.data.loader``): same batch format (``input_ids``, ``loss_mask``,
+    ``prefix_len``, ``task``), same determinism contract. Codes are random but structured (each video frame shifts
+    the previous one, audio follows video, text names a "class"), so a model can learn and the loss falls.
+
+    Sample ``j`` of the training stream is example ``perm_epoch[j % N]`` with ``epoch = j // N``; optimizer step
+    ``s`` of a run with ``W`` processes, ``A`` accumulation steps and per-process batch ``b`` takes samples
+    ``[s*G, (s+1)*G)`` with ``G = b*W*A``, micro-batch ``m`` of rank ``r`` the rows ``(m*W + r)*b ...``: the global
+    batch does not depend on how it is split.
+    """
+
+    def __init__(self, cfg: DataConfig, vocab: Any, seed: int, rank: int, world: int, grad_accum: int):
+        from mmtok.sequence import build_example
+
+        self._build_example = build_example
+        self.cfg, self.vocab, self.seed = cfg, vocab, seed
+        self.rank, self.world, self.accum = rank, world, grad_accum
+        if any(w < 0 for w in cfg.tasks.values()) or sum(cfg.tasks.values()) <= 0:
+            raise ValueError(f"data.tasks weights must be >= 0 with a positive sum, got {dict(cfg.tasks)}")
+        self.tasks = [t for t, w in cfg.tasks.items() if w > 0]
+        weights = torch.tensor([float(cfg.tasks[t]) for t in self.tasks])
+        self.task_probs = (weights / weights.sum()).tolist()
+        self.num_examples = cfg.synthetic.num_examples
+        self._cache: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def _example(self, split: str, index: int, task: str | None = None) -> dict[str, Any]:
+        key = (split if task is None else f"{split}/{task}", index)
+        if key not in self._cache:
+            s = self.cfg.synthetic
+            rng = random.Random(f"{self.seed}/{key[0]}/{index}")
+            task = task or rng.choices(self.tasks, weights=self.task_probs)[0]
+            cls = rng.randrange(8)  # the "content" every modality of the example agrees on
+            text = [(cls * 7 + i * 3) % s.text_vocab for i in range(s.text_len)]
+            t, h, w = s.video_shape
+            base = torch.arange(h * w).view(h, w) * (cls + 1)
+            video = torch.stack([(base + k * (cls + 1)) % s.video_codebook for k in range(t)]).long()
+            frames = torch.arange(s.audio_frames)
+            audio = torch.stack([(frames * (cls + 1) + lvl * 5 + cls) % s.audio_codebook
+                                 for lvl in range(s.audio_levels)]).long()
+            ex = self._build_example(task, self.vocab, text=text, video=video, audio=audio,
+                                     cond_dropout=self.cfg.cond_dropout if split == "train" else 0.0, rng=rng)
+            if len(ex) > self.cfg.max_len:
+                raise ValueError(f"a {task} example has {len(ex)} tokens > data.max_len={self.cfg.max_len}")
+            self._cache[key] = {"input_ids": ex.input_ids, "loss_mask": ex.loss_mask,
+                                "prefix_len": ex.prefix_len, "task": task}
+        return self._cache[key]
+
+    def _train_sample(self, j: int) -> dict[str, Any]:
+        epoch, pos = divmod(j, self.num_examples)
+        perm = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        return self._example("train", int(perm[pos]))
+
+    def micro_batches(self, step: int) -> list[dict[str, Any]]:
+        """This rank's ``grad_accum`` micro-batches for optimizer step ``step``."""
+        b = self.cfg.batch_size
+        start = step * b * self.world * self.accum
+        out = []
+        for m in range(self.accum):
+            first = start + (m * self.world + self.rank) * b
+            out.append(collate([self._train_sample(first + i) for i in range(b)], self.vocab.pad_id))
+        return out
+
+    def eval_batches(self) -> dict[str, list[dict[str, Any]]]:
+        """Per task, this rank's share of ``data.eval_batches`` global eval batches (fixed examples, no dropout)."""
+        b = self.cfg.batch_size
+        out = {}
+        for task in self.tasks:
+            out[task] = []
+            for k in range(self.cfg.eval_batches):
+                first = (k * self.world + self.rank) * b
+                out[task].append(collate([self._example("eval", first + i, task) for i in range(b)],
+                                         self.vocab.pad_id))
+        return out
+
+
+class ShardTokenData:
+    """Task-mixture batches from pre-tokenized shards through ``mmtok.data.loader.TaskMixtureLoader``.
+
+    Same contract as :class:`SyntheticTokenData`: ``micro_batches(step)`` is a pure function of (seed, step), so
+    resuming needs no replay; evaluation uses fixed batches of the eval split per task.
+    """
+
+    def __init__(self, cfg: DataConfig, bundle: Any, seed: int, rank: int, world: int, grad_accum: int):
+        from mmtok.data.loader import LoaderConfig, TaskMixtureLoader
+
+        if cfg.shards is None or not Path(cfg.shards).exists():
+            raise FileNotFoundError(f"data.shards: token shard folder not found: {cfg.shards}")
+        loader_cfg = LoaderConfig(tasks=dict(cfg.tasks), batch_size=cfg.batch_size, seed=seed,
+                                  cond_dropout=cfg.cond_dropout, max_length=cfg.max_len)
+        kw = dict(rank=rank, world_size=world, audio_pattern=bundle.audio_pattern,
+                  num_audio_levels=bundle.num_audio_levels)
+        self.train = TaskMixtureLoader(cfg.shards, bundle.vocab, loader_cfg, split=cfg.train_split, **kw)
+        self.eval = (TaskMixtureLoader(cfg.shards, bundle.vocab, loader_cfg, split=cfg.eval_split, **kw)
+                     if cfg.eval_split is not None else None)
+        self.cfg, self.accum = cfg, grad_accum
+
+    def micro_batches(self, step: int) -> list[dict[str, Any]]:
+        return self.train.micro_batches(step, self.accum)
+
+    def eval_batches(self) -> dict[str, list[dict[str, Any]]]:
+        if self.eval is None:
+            return {}
+        return {task: self.eval.eval_batches(task, self.cfg.eval_batches)
+                for task, weight in self.cfg.tasks.items() if weight > 0}
+
+
+def load_bundle(cfg: DataConfig) -> tuple[Any, Any]:
+    """(vocabulary, ``MultimodalTokenizer`` or None): the bundle of ``data.bundle``, else (synthetic data, which
+    has no tokenizers) a vocabulary laid out from ``data.synthetic``."""
+    if cfg.bundle is not None:
+        if not Path(cfg.bundle).is_dir():
+            raise FileNotFoundError(f"data.bundle: tokenizer bundle folder not found: {cfg.bundle}")
+        from mmtok.multimodal import MultimodalTokenizer
+
+        bundle = MultimodalTokenizer.from_pretrained(cfg.bundle)
+        return bundle.vocab, bundle
+    if cfg.source != "synthetic":
+        raise ValueError("data.bundle is required with data.source=shards (the shards' tokenizer bundle)")
+    from mmtok.interface import CodeSpec
+    from mmtok.vocab import UnifiedVocabulary
+
+    s = cfg.synthetic
+    vocab = UnifiedVocabulary(text=CodeSpec("text", s.text_vocab), video=CodeSpec("video", s.video_codebook),
+                              audio=CodeSpec("audio", s.audio_codebook, num_codebooks=s.audio_levels))
+    return vocab, None
+
+
+def build_data_source(cfg: DataConfig, vocab: Any, bundle: Any, seed: int, rank: int, world: int,
+                      grad_accum: int) -> Any:
+    """The run's data: an object with ``micro_batches(step)`` and ``eval_batches()`` (the one place to swap data)."""
+    if cfg.source == "synthetic":
+        return SyntheticTokenData(cfg, vocab, seed, rank, world, grad_accum)
+    if cfg.source == "shards":
+        return ShardTokenData(cfg, bundle, seed, rank, world, grad_accum)
+    raise ValueError(f"data.source must be 'synthetic' or 'shards', got {cfg.source!r}")
+
+
+# ------------------------------------------------------------------------------------------- optimization
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices of linear layers; none on embeddings, norms and biases."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and "embed_tokens" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warmup to 1, then cosine to ``min_lr_ratio`` at ``steps``."""
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def resolve_mixed_precision(choice: str) -> str | None:
+    if choice != "auto":
+        return choice
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return None  # the launcher's config decides
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: batch[k].to(device) for k in ("input_ids", "loss_mask", "prefix_len")}
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model, accelerator: Accelerator, batches: dict[str, list[dict[str, Any]]],
+             modalities: list[str]) -> dict[str, float]:
+    """Token NLL per task and per modality over the eval set, summed over all ranks (exact means)."""
+    model.eval()
+    # Every rank runs the same number of forwards (DDP syncs buffers and ZeRO-3 gathers weights in each one).
+    counts = torch.tensor([len(b) for b in batches.values()], device=accelerator.device)
+    counts = accelerator.gather(counts[None]).view(-1, len(batches)).min(dim=0).values.tolist()
+    sums = torch.zeros(2 * len(batches) + 2 * len(modalities), dtype=torch.float64, device=accelerator.device)
+    for t, (task, task_batches) in enumerate(batches.items()):
+        for batch in task_batches[:counts[t]]:
+            out = model(**model_inputs(batch, accelerator.device))
+            n = out.num_loss_tokens.double()
+            sums[2 * t] += out.loss.double() * n
+            sums[2 * t + 1] += n
+            for m, name in enumerate(modalities):
+                k = out.modality_tokens[name].double()
+                sums[2 * len(batches) + 2 * m] += torch.nan_to_num(out.modality_nll[name].double()) * k
+                sums[2 * len(batches) + 2 * m + 1] += k
+    sums = accelerator.reduce(sums, "sum")
+    model.train()
+    metrics: dict[str, float] = {}
+    total, count = 0.0, 0.0
+    for t, task in enumerate(batches):
+        s, n = sums[2 * t].item(), sums[2 * t + 1].item()
+        total, count = total + s, count + n
+        metrics[f"eval/loss_{task}"] = s / n if n else float("nan")
+    metrics["eval/loss"] = total / count if count else float("nan")
+    for m, name in enumerate(modalities):
+        s, n = sums[2 * len(batches) + 2 * m].item(), sums[2 * len(batches) + 2 * m + 1].item()
+        if n:
+            metrics[f"eval/nll_{name}"] = s / n
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------- export
+MODEL_CARD = """---
+library_name: transformers
+tags: [mmtok, multimodal, video, audio, prefix-lm]
+---
+# mmtok token LM ({preset})
+
+A decoder-only prefix LM (Llama blocks) over one vocabulary of text, video and audio tokens, trained with
+`recipes/pretrain.py` for {steps} steps on tasks {tasks}.
+
+- parameters: {params:,}; hidden {hidden}, {layers} layers, {heads} heads ({kv_heads} key/value heads)
+- vocabulary: {vocab_size} ids, layout fingerprint `{fingerprint}`; ranges {ranges}
+- final eval: {final_eval}
+
+```python
+import lm                                    # registers model_type "mmlm" with the Auto classes
+from transformers import AutoModelForCausalLM
+from mmtok.multimodal import MultimodalTokenizer
+from mmtok.vocab import UnifiedVocabulary
+model = AutoModelForCausalLM.from_pretrained("{export_name}")
+{tokenizer_lines}
+```
+"""
+
+
+def export(accelerator: Accelerator, model, cfg: PretrainConfig, vocab: Any, bundle: Any,
+           final_eval: dict[str, float]) -> Path:
+    """Write the model (safetensors), the tokenizer bundle beside it and a model card, atomically.
+
+    ``AutoModelForCausalLM.from_pretrained(dir)`` and ``MultimodalTokenizer.from_pretrained(dir)`` both load it.
+    Synthetic runs have no tokenizers: they write the vocabulary alone (``vocab.json``, the bundle's file name).
+    """
+    export_dir = Path(cfg.export_dir or Path(cfg.run_dir) / "export")
+    state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards; every rank must call it
+    if accelerator.is_main_process:
+        tmp = export_dir.with_name(f".{export_dir.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        model_files = {p.name for p in tmp.iterdir()}
+        if bundle is not None:
+            bundle.save_pretrained(tmp)
+            tokenizer_lines = (f"tokenizer = MultimodalTokenizer.from_pretrained(\"{export_dir.name}\")"
+                               "   # checks the vocabulary layout\nmodel.check_vocabulary(tokenizer)")
+        else:
+            vocab.to_json(tmp / "vocab.json")
+            tokenizer_lines = (f"vocab = UnifiedVocabulary.from_json(\"{export_dir.name}/vocab.json\")   # synthetic "
+                               "run: no tokenizers\nmodel.check_vocabulary(vocab)")
+        c = unwrapped.config
+        card = MODEL_CARD.format(
+            preset=cfg.model.preset, steps=cfg.train.steps, tasks=", ".join(cfg.data.tasks),
+            params=sum(p.numel() for p in unwrapped.parameters()), hidden=c.hidden_size,
+            layers=c.num_hidden_layers, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
+            vocab_size=c.vocab_size, fingerprint=c.vocab_fingerprint,
+            ranges=", ".join(f"{k} [{a}, {b})" for k, (a, b) in (c.modality_ranges or {}).items()),
+            final_eval=", ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in final_eval.items()) or "n/a",
+            export_name=export_dir.name, tokenizer_lines=tokenizer_lines)
+        atomic_write_text(tmp / "README.md", card)
+        if not model_files <= {p.name for p in tmp.iterdir()}:
+            raise RuntimeError(f"the tokenizer bundle removed model files from {tmp}")
+        if export_dir.exists():
+            shutil.rmtree(export_dir)
+        os.replace(tmp, export_dir)
+    accelerator.wait_for_everyone()
+    return export_dir
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    args = build_arg_parser(__doc__.split("\n")[0]).parse_args(argv)
+    cfg: PretrainConfig = load_config(PretrainConfig, args.config, args.overrides)
+    tc = cfg.train
+    if not cfg.data.tasks:
+        cfg.data.tasks = dict(DEFAULT_TASKS)
+    if not args.resume and latest_checkpoint(cfg.run_dir) is not None:
+        raise FileExistsError(f"{cfg.run_dir} already holds a run with checkpoints: pass --resume to continue it, or "
+                              "choose another run_dir")
+
+    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum,
+                              mixed_precision=resolve_mixed_precision(tc.mixed_precision),
+                              **cpu_accelerator_kwargs())
+    world, rank = accelerator.num_processes, accelerator.process_index
+    run_dir = Path(cfg.run_dir)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir)
+
+    # ---- data and model
+    vocab, bundle = load_bundle(cfg.data)
+    data = build_data_source(cfg.data, vocab, bundle, tc.seed, rank, world, tc.grad_accum)
+    # Seed right before the weights are drawn: imports above may consume the global RNG, differently depending
+    # on how the script was started, and every rank and launcher must draw the same initial weights.
+    set_seed(tc.seed)
+    if cfg.model.init_from:
+        model = MMLMForCausalLM.from_pretrained(cfg.model.init_from, attn_implementation=cfg.model.attn_implementation)
+        model.check_vocabulary(vocab)
+    else:
+        config = MMLMConfig.from_preset(cfg.model.preset, vocab=vocab, **dict(cfg.model.overrides))
+        config.max_position_embeddings = max(config.max_position_embeddings, cfg.data.max_len)
+        model = MMLMForCausalLM._from_config(config, attn_implementation=cfg.model.attn_implementation)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    modalities = list(model.config.modality_ranges or {})
+
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # fill the "auto" batch keys we know here
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+        ds["train_batch_size"] = cfg.data.batch_size * world * tc.grad_accum
+        ds["gradient_clipping"] = tc.grad_clip
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The scheduler is stepped by hand once per optimizer step (not through prepare, which would step it once per
+    # process) and checkpointed with the rest.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
+    accelerator.register_for_checkpointing(scheduler)
+
+    start_step = 0
+    if args.resume:
+        if latest_checkpoint(run_dir) is None:
+            raise FileNotFoundError(f"--resume: {run_dir} has no complete checkpoint")
+        state = load_checkpoint(accelerator, run_dir)
+        start_step = int(state["step"])
+        accelerator.print(f"resumed from step {start_step}")
+    logger = RunLogger(run_dir, enabled=accelerator.is_main_process,
+                       resume_step=start_step if args.resume else None)
+    eval_batches = data.eval_batches()
+
+    # ---- the loop
+    bar = tqdm(total=tc.steps, initial=start_step, disable=not (accelerator.is_main_process and progress_enabled()),
+               desc="pretrain", dynamic_ncols=True)
+    window = {"loss": 0.0, "steps": 0, "tokens": 0, "time": time.perf_counter()}
+    metrics: dict[str, float] = {}
+    for step in range(start_step, tc.steps):
+        micro = data.micro_batches(step)
+        # Normalize by the global number of target tokens of this optimizer step (all micro-batches, all ranks).
+        local = torch.tensor(sum(int(b["loss_mask"][:, 1:].sum()) for b in micro), device=accelerator.device)
+        global_tokens = accelerator.reduce(local, "sum").clamp(min=1)
+        step_loss = torch.zeros((), device=accelerator.device)
+        grad_norm = None
+        for batch in micro:
+            with accelerator.accumulate(model):
+                out = model(**model_inputs(batch, accelerator.device), num_items_in_batch=global_tokens)
+                # out.loss = this micro-batch's NLL sum / global tokens. DDP/ZeRO average gradients over ranks and
+                # accelerate/DeepSpeed divide by the accumulation steps; scaling by both keeps the gradient that of
+                # the global mean NLL.
+                accelerator.backward(out.loss * (world * tc.grad_accum))
+                step_loss += out.loss.detach()
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        done = step + 1
+        window["loss"] += step_loss
+        window["steps"] += 1
+        window["tokens"] += int(global_tokens)
+        bar.update(1)
+
+        if done % tc.log_every == 0 or done == tc.steps:
+            loss = accelerator.reduce(window["loss"], "sum").item() / window["steps"]
+            elapsed = time.perf_counter() - window["time"]
+            row = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+                   "train/target_tokens_per_s": window["tokens"] / max(elapsed, 1e-9)}
+            if grad_norm is not None:
+                row["train/grad_norm"] = float(grad_norm)
+            logger.log(done, row)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            window = {"loss": 0.0, "steps": 0, "tokens": 0, "time": time.perf_counter()}
+        if eval_batches and (done % tc.eval_every == 0 or done == tc.steps):
+            metrics = evaluate(model, accelerator, eval_batches, modalities)
+            logger.log(done, metrics)
+        if done % tc.save_every == 0 and done < tc.steps:
+            save_checkpoint(accelerator, run_dir, done, {"step": done}, keep=tc.keep_checkpoints)
+    bar.close()
+
+    save_checkpoint(accelerator, run_dir, tc.steps, {"step": tc.steps}, keep=tc.keep_checkpoints)
+    export_dir = export(accelerator, model, cfg, vocab, bundle, metrics)
+    accelerator.print(f"exported to {export_dir}")
+    logger.close()
+    accelerator.end_training()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

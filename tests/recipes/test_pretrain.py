@@ -1,0 +1,242 @@
+"""End-to-end tests of recipes/pretrain.py on the debug LM and synthetic task sequences.
+
+Every run is a real subprocess (plain python, or `accelerate launch`), as a user starts it. One uninterrupted
+single-process run (module fixture) is the reference: the loss falls and its export loads; a run killed with
+SIGKILL and resumed logs exactly the reference losses; 2-process DDP and DeepSpeed ZeRO-2 (1 and 2 processes) log the
+reference losses within float tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "pretrain.py"
+CONFIG = ROOT / "recipes" / "configs" / "pretrain_debug.yaml"
+ACCEL = ROOT / "recipes" / "configs" / "accelerate"
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+# A short schedule: 12 optimizer steps, checkpoints every 4, evaluation every 6.
+OVERRIDES = ["train.steps=12", "train.save_every=4", "train.eval_every=6", "train.log_every=1"]
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "MMTOK_PROGRESS": "0", "OMP_NUM_THREADS": "1",
+         "PYTHONPATH": str(ROOT)}
+    e.update(extra)
+    return e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_plain(run_dir: Path, *extra: str, resume: bool = False) -> None:
+    cmd = [sys.executable, str(RECIPE), "--config", str(CONFIG), f"run_dir={run_dir}", *OVERRIDES, *extra]
+    if resume:
+        cmd.insert(2, "--resume")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def run_launch(run_dir: Path, accelerate_config: str, num_processes: int, *extra: str, **env_extra: str) -> None:
+    cmd = [str(ACCELERATE), "launch", "--config_file", str(ACCEL / accelerate_config),
+           "--num_processes", str(num_processes), "--main_process_port", str(free_port()),
+           "--mixed_precision", "no", str(RECIPE), "--config", str(CONFIG), f"run_dir={run_dir}", *OVERRIDES, *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(**env_extra), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+class CodebookStub:
+    """A tokenizer that only declares its code space (what the vocabulary and the bundle need), saveable."""
+
+    def __init__(self, modality: str, codebook_size: int, num_codebooks: int = 1):
+        self.modality, self.codebook_size, self.num_codebooks, self.frame_rate = (modality, codebook_size,
+                                                                                  num_codebooks, None)
+
+    def encode(self, x):
+        raise NotImplementedError("a stub: the test trains on pre-tokenized shards")
+
+    decode = encode
+
+    def save_pretrained(self, d) -> None:
+        Path(d).mkdir(parents=True, exist_ok=True)
+        (Path(d) / "stub.json").write_text(json.dumps([self.modality, self.codebook_size, self.num_codebooks]))
+
+    @classmethod
+    def from_pretrained(cls, d, **kwargs) -> "CodebookStub":
+        return cls(*json.loads((Path(d) / "stub.json").read_text()))
+
+
+def metric(run_dir: Path, key: str) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("pretrain") / "reference"
+    run_plain(run_dir)
+    return run_dir
+
+
+def test_pretrain_end_to_end_loss_falls_and_export_loads(reference):
+    loss = metric(reference, "train/loss")
+    assert sorted(loss) == list(range(1, 13))
+    assert sum(loss[s] for s in (10, 11, 12)) / 3 < loss[1] - 0.3
+    evals = metric(reference, "eval/loss")
+    assert set(evals) == {6, 12} and evals[12] < evals[6]
+    for key in ("eval/loss_t2v", "eval/loss_v2a", "eval/loss_v2t",
+                "eval/nll_text", "eval/nll_video", "eval/nll_audio"):
+        assert 12 in metric(reference, key), key
+    assert (reference / "config.yaml").is_file() and (reference / "tensorboard").is_dir()
+    ckpts = reference / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step_00000012"
+    assert not list(ckpts.glob(".*tmp*"))  # no half-written checkpoint left behind
+
+    import lm  # noqa: F401  (registers mmlm with the Auto classes)
+    from transformers import AutoModelForCausalLM
+
+    from mmtok.vocab import UnifiedVocabulary
+
+    export = reference / "export"
+    names = {p.name for p in export.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "vocab.json"} <= names
+    model = AutoModelForCausalLM.from_pretrained(export)
+    vocab = UnifiedVocabulary.from_json(export / "vocab.json")  # synthetic data: a vocabulary, no tokenizers
+    assert model.config.vocab_fingerprint == vocab.fingerprint
+    model.check_vocabulary(vocab)
+    prompt = torch.tensor([[vocab.bos_id, vocab.token_id("<t2v>")]])
+    out = model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert out.shape == (1, 7)
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_losses(reference, tmp_path):
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, str(RECIPE), "--config", str(CONFIG), f"run_dir={run_dir}", *OVERRIDES]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pointer = run_dir / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if pointer.is_file() and pointer.read_text().strip() >= "step_00000004":
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-run"
+    killed_at = int(pointer.read_text().strip().removeprefix("step_"))
+    assert 4 <= killed_at < 12
+
+    run_plain(run_dir, resume=True)
+    assert metric(run_dir, "train/loss") == metric(reference, "train/loss")  # exactly, every step
+    assert metric(run_dir, "eval/loss") == metric(reference, "eval/loss")
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_matches_single_process(reference, tmp_path):
+    run_dir = tmp_path / "ddp"
+    # Trap: `--cpu --num_processes 2` starts one process; the multi-GPU launcher with ACCELERATE_USE_CPU starts two.
+    run_launch(run_dir, "cpu_ddp.yaml", 2, "data.batch_size=2", ACCELERATE_USE_CPU="true")
+    ref, got = metric(reference, "train/loss"), metric(run_dir, "train/loss")
+    assert sorted(got) == sorted(ref)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], abs=1e-4)
+    assert metric(run_dir, "eval/loss")[12] == pytest.approx(metric(reference, "eval/loss")[12], abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_deepspeed_zero2_matches_single_process(reference, tmp_path, num_processes):
+    pytest.importorskip("deepspeed")
+    run_dir = tmp_path / f"zero2_{num_processes}"
+    run_launch(run_dir, "deepspeed_zero2.yaml", num_processes, f"data.batch_size={4 // num_processes}")
+    ref, got = metric(reference, "train/loss"), metric(run_dir, "train/loss")
+    assert sorted(got) == sorted(ref)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], abs=1e-4)
+    assert metric(run_dir, "eval/loss")[12] == pytest.approx(metric(reference, "eval/loss")[12], abs=1e-4)
+    assert (run_dir / "export" / "model.safetensors").is_file()
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    from recipes.pretrain import main
+
+    with pytest.raises(Exception, match="stepz"):
+        main(["--config", str(CONFIG), f"run_dir={tmp_path}", "train.stepz=3"])
+    with pytest.raises(ValueError, match="data.source"):
+        main(["--config", str(CONFIG), f"run_dir={tmp_path}", "data.source=webdataset"])
+    try:
+        with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+            main(["--config", str(CONFIG), f"run_dir={tmp_path}", "--resume"])
+    finally:
+        AcceleratorState._reset_state(True)
+
+
+def test_fresh_run_into_a_used_run_dir_is_refused(reference):
+    from recipes.pretrain import main
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        main(["--config", str(CONFIG), f"run_dir={reference}"])
+
+
+def test_pretrain_on_token_shards_through_the_loader(tmp_path):
+    """data.source=shards: the task-mixture loader over tiny token shards, a bundle folder, export beside it."""
+    pytest.importorskip("mmtok.data.loader")
+    from accelerate.state import AcceleratorState
+
+    from mmtok.data.shards import DATASET_FILE, make_row, shard_name, write_shard
+    from mmtok.interface import CodeSpec
+    from mmtok.multimodal import MultimodalTokenizer
+    from mmtok.vocab import UnifiedVocabulary
+    from recipes.common import read_metrics
+    from recipes.pretrain import main
+
+    vocab = UnifiedVocabulary(text=CodeSpec("text", 64), video=CodeSpec("video", 32), audio=CodeSpec("audio", 16, 2))
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(48):
+        caption = [(i * 5 + k) % 64 for k in range(4)]
+        rows.append(make_row(id=f"c{i:03d}", split="validation" if i % 6 == 0 else "train", captions=[f"clip {i}"],
+                             text_ids=[caption], video=torch.randint(0, 32, (2, 2, 2), generator=g),
+                             audio=torch.randint(0, 16, (2, 4), generator=g), num_frames=5, num_samples=100,
+                             meta={}))
+    tokens = tmp_path / "tokens"
+    write_shard(tokens / "shards" / f"{shard_name(0, 1)}.arrow", rows)
+    (tokens / DATASET_FILE).write_text(json.dumps({
+        "shards": [{"file": f"{shard_name(0, 1)}.arrow", "num_records": 48, "num_rows": 48}],
+        "vocab_fingerprint": vocab.fingerprint, "vocab_layout": vocab.describe(),
+        "audio_pattern": "frame_major", "num_audio_levels": 2}))
+    bundle = tmp_path / "bundle"
+    MultimodalTokenizer(text=CodebookStub("text", 64), video=CodebookStub("video", 32),
+                        audio=CodebookStub("audio", 16, 2), vocab=vocab).save_pretrained(bundle)
+
+    run_dir = tmp_path / "run"
+    try:
+        metrics = main(["--config", str(CONFIG), f"run_dir={run_dir}", "data.source=shards", f"data.shards={tokens}",
+                        f"data.bundle={bundle}", "data.tasks={t2v: 1.0, v2a: 1.0}", "data.tasks.v2t=0", "data.eval_batches=1",
+                        "train.steps=4", "train.eval_every=4", "train.save_every=100"])
+    finally:
+        AcceleratorState._reset_state(True)
+    assert {"eval/loss_t2v", "eval/loss_v2a", "eval/nll_video", "eval/nll_audio"} <= set(metrics)
+    assert "eval/loss_v2t" not in metrics  # weight 0 removes a task the YAML file lists
+    assert [r["step"] for r in read_metrics(run_dir) if "train/loss" in r] == [1, 2, 3, 4]
+    import lm  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    export = run_dir / "export"
+    tokenizer = MultimodalTokenizer.from_pretrained(export)
+    assert tokenizer.vocab.fingerprint == vocab.fingerprint
+    AutoModelForCausalLM.from_pretrained(export).check_vocabulary(tokenizer)
