@@ -121,6 +121,9 @@ class MMLMConfig(PretrainedConfig):
             on; :meth:`check_vocabulary` compares it with a tokenizer bundle's.
         modality_ranges (`dict[str, list[int]]`, *optional*): global ``[start, end)`` id range per modality
             (``"text"``, ``"video"``, ``"audio"``, ...); forward reports the NLL of target tokens in each range.
+        alignment (`dict`, *optional*): settings of the VATT-style contrastive alignment head
+            (:class:`lm.alignment.AlignmentConfig` fields: ``pooling``, ``va_dim``, ``vt_dim``, ``droptoken``,
+            ``temperature``, ...); ``None`` builds no head. Stored with every field filled in.
     """
 
     model_type = "mmlm"
@@ -149,6 +152,7 @@ class MMLMConfig(PretrainedConfig):
     prefix_lm: bool = True
     vocab_fingerprint: str | None = None
     modality_ranges: dict[str, list[int]] | None = None
+    alignment: dict | None = None
 
     def __post_init__(self, **kwargs):
         if self.head_dim is None:
@@ -159,6 +163,10 @@ class MMLMConfig(PretrainedConfig):
             self.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
         if self.modality_ranges is not None:
             self.modality_ranges = {str(k): _range_pair(v) for k, v in self.modality_ranges.items()}
+        if self.alignment is not None:  # validated (clear errors) and stored with every field filled in
+            from lm.alignment import AlignmentConfig
+
+            self.alignment = AlignmentConfig.from_value(self.alignment).to_dict()
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):

@@ -41,6 +41,7 @@ from transformers.models.llama.modeling_llama import (
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from lm import alignment as _alignment
 from lm.configuration_mmlm import MMLMConfig
 
 IGNORE_INDEX = -100
@@ -105,6 +106,11 @@ class MMLMPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": LlamaDecoderLayer, "attentions": LlamaAttention}
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, _alignment.AlignmentHead):  # its temperature is a bare parameter
+            module._init_weights(self.config.initializer_range)
 
 
 class MMLMModel(MMLMPreTrainedModel):
@@ -216,6 +222,8 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         self.model = MMLMModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.alignment is not None:  # VATT-style contrastive head (lm/alignment.py), saved with the model
+            self.alignment = _alignment.AlignmentHead.from_model_config(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -227,6 +235,29 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
     def check_vocabulary(self, vocab_or_bundle: Any) -> None:
         """Raise an error naming both layouts when a tokenizer bundle / vocabulary differs from the model's."""
         self.config.check_vocabulary(vocab_or_bundle)
+
+    # Contrastive alignment (needs ``config.alignment``; see lm/alignment.py, VATT arXiv 2104.11178).
+    def embed_video(self, video_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    space: str = "vt") -> torch.Tensor:
+        """Unit video embeddings ``[B, vt_dim]`` (``space="va"``: ``[B, va_dim]``) from global video ids."""
+        return _alignment.embed_video(self, video_ids, attention_mask, space=space)
+
+    def embed_audio(self, audio_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit audio embeddings ``[B, va_dim]`` from global audio ids."""
+        return _alignment.embed_audio(self, audio_ids, attention_mask)
+
+    def embed_text(self, text_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit text embeddings ``[B, vt_dim]`` from global text ids."""
+        return _alignment.embed_text(self, text_ids, attention_mask)
+
+    @staticmethod
+    def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities ``[N, M]`` of two sets of embeddings of the same space."""
+        return _alignment.similarity(a, b)
+
+    def alignment_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None):
+        """Contrastive loss (:class:`lm.alignment.AlignmentOutput`) of a batch with ``input_ids`` (and clip ``ids``)."""
+        return _alignment.alignment_loss(self, batch, generator=generator)
 
     def forward(
         self,

@@ -120,12 +120,21 @@ class TrainConfig:
 
 
 @dataclass
+class AlignmentTrainConfig:
+    """VATT-style contrastive alignment (lm/alignment.py) trained with the LM."""
+    weight: float = 0.0  # > 0: add weight * contrastive loss (batches with video+audio or video+text rows)
+    only: bool = False  # alignment-only: freeze the LM, train the head alone on the contrastive loss
+    head: dict[str, Any] = field(default_factory=dict)  # lm.alignment.AlignmentConfig fields (va_dim, droptoken...)
+
+
+@dataclass
 class PretrainConfig:
     run_dir: str = "outputs/pretrain"
     export_dir: str | None = None  # default: <run_dir>/export
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    alignment: AlignmentTrainConfig = field(default_factory=AlignmentTrainConfig)
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -448,16 +457,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # Seed right before the weights are drawn: imports above may consume the global RNG, differently depending
     # on how the script was started, and every rank and launcher must draw the same initial weights.
     set_seed(tc.seed)
+    ac = cfg.alignment
+    use_alignment = ac.weight > 0 or ac.only
+    if ac.weight < 0:
+        raise ValueError(f"alignment.weight must be >= 0, got {ac.weight}")
+    if ac.only and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError("alignment.only (frozen LM) is not supported under DeepSpeed; use DDP or one process")
+    align_kwargs = {}
+    if use_alignment:  # the head's settings, recorded in the model config (kept if init_from already has a head)
+        from lm.alignment import AlignmentConfig
+
+        align_kwargs["alignment"] = AlignmentConfig.from_vocabulary(vocab, **dict(ac.head)).to_dict()
     if cfg.model.init_from:
-        model = MMLMForCausalLM.from_pretrained(cfg.model.init_from, attn_implementation=cfg.model.attn_implementation)
+        if use_alignment and MMLMConfig.from_pretrained(cfg.model.init_from).alignment is not None:
+            align_kwargs = {}
+        model = MMLMForCausalLM.from_pretrained(cfg.model.init_from, attn_implementation=cfg.model.attn_implementation,
+                                                **align_kwargs)
         model.check_vocabulary(vocab)
     else:
-        config = MMLMConfig.from_preset(cfg.model.preset, vocab=vocab, **dict(cfg.model.overrides))
+        config = MMLMConfig.from_preset(cfg.model.preset, vocab=vocab, **dict(cfg.model.overrides), **align_kwargs)
         config.max_position_embeddings = max(config.max_position_embeddings, cfg.data.max_len)
         model = MMLMForCausalLM._from_config(config, attn_implementation=cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
+    if ac.only:  # alignment-only mode: the LM is frozen, only the head trains (param_groups skips frozen weights)
+        model.requires_grad_(False)
+        model.alignment.requires_grad_(True)
     modalities = list(model.config.modality_ranges or {})
 
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps)
@@ -486,7 +512,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # ---- the loop
     bar = tqdm(total=tc.steps, initial=start_step, disable=not (accelerator.is_main_process and progress_enabled()),
                desc="pretrain", dynamic_ncols=True)
-    window = {"loss": 0.0, "steps": 0, "tokens": 0, "time": time.perf_counter()}
+    new_window = lambda: {"loss": 0.0, "steps": 0, "tokens": 0, "time": time.perf_counter(),  # noqa: E731
+                          "align_loss": 0.0, "align_temperature": float("nan")}
+    window = new_window()
     metrics: dict[str, float] = {}
     for step in range(start_step, tc.steps):
         micro = data.micro_batches(step)
@@ -497,12 +525,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         grad_norm = None
         for batch in micro:
             with accelerator.accumulate(model):
-                out = model(**model_inputs(batch, accelerator.device), num_items_in_batch=global_tokens)
-                # out.loss = this micro-batch's NLL sum / global tokens. DDP/ZeRO average gradients over ranks and
-                # accelerate/DeepSpeed divide by the accumulation steps; scaling by both keeps the gradient that of
-                # the global mean NLL.
-                accelerator.backward(out.loss * (world * tc.grad_accum))
-                step_loss += out.loss.detach()
+                total_loss = torch.zeros((), device=accelerator.device)
+                if not ac.only:
+                    out = model(**model_inputs(batch, accelerator.device), num_items_in_batch=global_tokens)
+                    # out.loss = this micro-batch's NLL sum / global tokens. DDP/ZeRO average gradients over ranks
+                    # and accelerate/DeepSpeed divide by the accumulation steps; scaling by both keeps the gradient
+                    # that of the global mean NLL.
+                    total_loss = out.loss * (world * tc.grad_accum)
+                    step_loss += out.loss.detach()
+                if use_alignment:
+                    # The contrastive loss is already the global batch's on every rank (embeddings are all-gathered
+                    # and the gather's backward sums the ranks' gradients), so DDP's average needs no rescaling.
+                    align = accelerator.unwrap_model(model).alignment_loss(batch)
+                    total_loss = total_loss + (ac.weight if ac.weight > 0 else 1.0) * align.loss
+                    window["align_loss"] += align.loss.detach() / tc.grad_accum
+                    window["align_temperature"] = align.temperature
+                accelerator.backward(total_loss)
+                if ac.only and world > 1 and accelerator.sync_gradients:
+                    # no DDP forward ran (the LM is frozen): average the head's gradients across ranks as DDP would
+                    for p in accelerator.unwrap_model(model).alignment.parameters():
+                        p.grad = accelerator.reduce(p.grad, "mean")
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 optimizer.step()
@@ -521,9 +563,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                    "train/target_tokens_per_s": window["tokens"] / max(elapsed, 1e-9)}
             if grad_norm is not None:
                 row["train/grad_norm"] = float(grad_norm)
+            if ac.only:  # the LM does not train
+                row.pop("train/loss")
+            if use_alignment:  # the same global value on every rank: no reduce
+                row["train/align_loss"] = float(window["align_loss"]) / window["steps"]
+                row["train/align_temperature"] = window["align_temperature"]
             logger.log(done, row)
             bar.set_postfix(loss=f"{loss:.3f}")
-            window = {"loss": 0.0, "steps": 0, "tokens": 0, "time": time.perf_counter()}
+            window = new_window()
         if eval_batches and (done % tc.eval_every == 0 or done == tc.steps):
             metrics = evaluate(model, accelerator, eval_batches, modalities)
             logger.log(done, metrics)

@@ -240,3 +240,23 @@ def test_pretrain_on_token_shards_through_the_loader(tmp_path):
     tokenizer = MultimodalTokenizer.from_pretrained(export)
     assert tokenizer.vocab.fingerprint == vocab.fingerprint
     AutoModelForCausalLM.from_pretrained(export).check_vocabulary(tokenizer)
+
+
+def test_alignment_weight_adds_a_falling_contrastive_loss_and_the_head_is_exported(tmp_path):
+    run_dir = tmp_path / "align"
+    run_plain(run_dir, "alignment.weight=0.5", "alignment.head.droptoken=0.25")
+    align = metric(run_dir, "train/align_loss")
+    assert sorted(align) == list(range(1, 13))
+    assert sum(align[s] for s in (10, 11, 12)) / 3 < sum(align[s] for s in (1, 2, 3)) / 3
+    assert 12 in metric(run_dir, "train/loss")  # the LM keeps training beside the head
+
+    import lm  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "export")
+    assert model.config.alignment is not None and hasattr(model, "alignment")
+    vocab_video = model.config.modality_ranges["video"]
+    video = torch.randint(vocab_video[0], vocab_video[1], (3, 10))
+    emb = model.embed_video(video)
+    assert emb.shape == (3, model.config.alignment["vt_dim"])
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
