@@ -2,7 +2,8 @@
 
 The LM reads one unified vocabulary (special tokens, text ids, video codes, audio codes; see ``mmtok.vocab``). The
 config records that vocabulary's layout (its fingerprint and the global id range of every modality) as plain JSON
-values, so the model never imports :mod:`mmtok` and a checkpoint states by itself which tokenizer bundle it speaks.
+values, so a checkpoint states by itself which tokenizer bundle it speaks (only the error type,
+:class:`mmtok.vocab.VocabularyMismatchError`, comes from :mod:`mmtok`).
 
 Presets (:meth:`MMLMConfig.from_preset`):
 
@@ -23,6 +24,8 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
+from mmtok.vocab import VocabularyMismatchError  # one error type for every layout mismatch
+
 # Modalities whose id range the config records when a vocabulary provides it (in this order; images share the
 # video range in the unified vocabulary, so they have none of their own).
 LAYOUT_MODALITIES = ("special", "text", "video", "audio")
@@ -38,10 +41,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "videopoet_1b": dict(hidden_size=2048, num_hidden_layers=20, num_attention_heads=16, num_key_value_heads=4,
                          intermediate_size=5632, max_position_embeddings=4096),
 }
-
-
-class VocabularyMismatchError(ValueError):
-    """The model and a tokenizer bundle / vocabulary disagree on the token layout."""
 
 
 def _range_pair(r: Any) -> list[int]:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmtok import metrics
+
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """``[B, N]`` or ``[B, 1, N]`` -> ``[B, N]`` float."""
@@ -143,16 +145,11 @@ class MultiResolutionSTFTLoss(nn.Module):
 
 
 def si_snr(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Scale-invariant SNR in dB per item ``[B]`` (both signals made zero-mean; higher is better).
+    """Scale-invariant SNR in dB per item ``[B]`` of codec output against its input (higher is better).
 
-    ``s = <e, t> t / ||t||^2``, ``SI-SNR = 10 log10(||s||^2 / ||e - s||^2)``. Inputs are cut to the shorter length.
+    A codec-friendly front end to :func:`mmtok.metrics.si_snr`: ``[B, 1, N]`` or ``[B, N]`` inputs, cut to the
+    shorter length (a decoder returns whole frames).
     """
     estimate, target = _flat(estimate), _flat(target)
     n = min(estimate.shape[-1], target.shape[-1])
-    estimate, target = estimate[:, :n], target[:, :n]
-    estimate = estimate - estimate.mean(-1, keepdim=True)
-    target = target - target.mean(-1, keepdim=True)
-    scale = (estimate * target).sum(-1, keepdim=True) / (target.square().sum(-1, keepdim=True) + eps)
-    projection = scale * target
-    noise = estimate - projection
-    return 10 * torch.log10((projection.square().sum(-1) + eps) / (noise.square().sum(-1) + eps))
+    return metrics.si_snr(target[:, :n], estimate[:, :n], eps=eps)
