@@ -42,14 +42,6 @@ TEXT = VOCAB.range_of("text")
 VA_DIM, VT_DIM = 24, 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(seed: int = 0, **align) -> tuple[MMLMModel, AlignmentHead]:
     torch.manual_seed(seed)
     config = MMLMConfig.from_preset("debug", vocab=VOCAB)

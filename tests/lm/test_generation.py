@@ -46,16 +46,6 @@ def make_model(bundle: MultimodalTokenizer, seed: int = 0, **overrides) -> MMLMF
     return MMLMForCausalLM(MMLMConfig.from_preset("debug", vocab=bundle.vocab, **overrides)).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Token-by-token decoding of a tiny model is dominated by per-op overhead: with 2 torch threads on a busy
-    2-core machine each forward is ~100x slower than with one, so these tests run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bundle() -> MultimodalTokenizer:
     return make_bundle()

@@ -17,15 +17,6 @@ from mmtok.audio_features import (
 from mmtok.interface import ModalityTokenizer, code_spec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small convs: one intra-op thread is much faster than two on a loaded 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tone(n: int, sr: int = 16000, freq: float = 440.0, batch: int = 1) -> torch.Tensor:
     t = torch.arange(n) / sr
     wave = 0.4 * torch.sin(2 * math.pi * freq * t) + 0.1 * torch.sin(2 * math.pi * 2 * freq * t)

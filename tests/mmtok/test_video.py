@@ -14,15 +14,6 @@ from mmtok.interface import ModalityTokenizer, code_spec
 from mmtok.video import PRESETS, VideoTokenizer, VideoTokenizerConfig, to_uint8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def debug_model() -> VideoTokenizer:
     torch.manual_seed(0)

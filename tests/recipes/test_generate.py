@@ -28,14 +28,6 @@ FPS, SR, HW = 8.0, 16000, 16
 COMMON = ["--clip-frames", "9", "--threads", "1", "--seed", "0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny-model decoding is ~100x faster single-threaded on a busy 2-core machine; restore afterwards."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory) -> Path:
     """An export folder as recipes/pretrain.py writes it: LM config.json + model.safetensors and the bundle."""

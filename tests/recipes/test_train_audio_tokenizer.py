@@ -17,14 +17,6 @@ from recipes.train_audio_tokenizer import main as train_main
 CONFIG = "recipes/configs/audio_tokenizer_debug.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def audio_dir(tmp_path_factory):
     """Four tone WAVs, one MP4 whose audio track is a tone, and one corrupt file."""

@@ -18,15 +18,6 @@ from recipes.common import read_metrics
 from recipes.train_video_tokenizer import RandomClips, DataConfig, find_records, lr_at, TrainConfig, main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
