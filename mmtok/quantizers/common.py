@@ -4,6 +4,8 @@ collectives that keep codebooks identical across ranks under ``torch.distributed
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import torch
@@ -18,8 +20,10 @@ class QuantizerOutput(NamedTuple):
             the input. Its values equal ``indices_to_codes(indices)`` exactly.
         indices: int64 code indices, ``[...]`` (``[..., num_quantizers]`` for residual VQ).
         loss: the weighted auxiliary loss to add to the training objective (a scalar tensor, zero when none).
-        metrics: detached scalars for logging: ``utilization`` (fraction of the codebook used by this batch) and
-            ``perplexity`` (exp of the entropy of the batch's code histogram), plus quantizer-specific terms.
+        metrics: detached scalars for logging, in training mode: ``utilization`` (fraction of the codebook used by
+            this batch) and ``perplexity`` (exp of the entropy of the batch's code histogram), plus
+            quantizer-specific terms. Empty in eval mode, where a per-batch histogram over ``2^18`` codes would cost
+            more than the quantization (evaluations aggregate the indices over their whole set instead).
     """
 
     quantized: torch.Tensor
@@ -40,16 +44,53 @@ def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def code_usage(indices: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:
-    """Batch codebook utilization and perplexity from a tensor of indices (negative indices are ignored)."""
-    flat = indices.reshape(-1)
-    flat = flat[flat >= 0]
-    if flat.numel() == 0:
+    """Batch codebook utilization and perplexity from a tensor of (non-negative) code indices."""
+    n = indices.numel()
+    if n == 0:
         zero = torch.zeros((), device=indices.device)
         return {"utilization": zero, "perplexity": zero}
-    counts = torch.bincount(flat, minlength=codebook_size).float()
-    probs = counts / counts.sum()
-    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
-    return {"utilization": (counts > 0).float().mean(), "perplexity": entropy.exp()}
+    counts = torch.bincount(indices.reshape(-1), minlength=codebook_size).float()
+    # H = -sum (c/n) log(c/n) = log n - sum c log c / n; log(max(c, 1)) makes empty bins contribute 0.
+    entropy = math.log(n) - (counts * counts.clamp_min(1.0).log()).sum() / n
+    return {"utilization": torch.count_nonzero(counts) / codebook_size, "perplexity": entropy.exp()}
+
+
+class UsageMetrics(Mapping):
+    """A metrics mapping whose code-usage entries are computed on first access.
+
+    The histogram behind ``utilization`` and ``perplexity`` costs as much as quantizing a batch with a large
+    codebook; most training steps never log it, so it is only computed when read.
+    """
+
+    def __init__(self, indices: torch.Tensor, codebook_size: int, **extra: torch.Tensor):
+        self._indices = indices.detach()
+        self._codebook_size = codebook_size
+        self._values: dict[str, torch.Tensor] | None = None
+        self._extra = extra
+
+    def _resolve(self) -> dict[str, torch.Tensor]:
+        if self._values is None:
+            self._values = {**code_usage(self._indices, self._codebook_size), **self._extra}
+            self._indices = None  # type: ignore[assignment]
+        return self._values
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        if self._values is None:
+            self._extra[key] = value
+        else:
+            self._values[key] = value
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._resolve()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resolve())
+
+    def __len__(self) -> int:
+        return len(self._resolve())
+
+    def __repr__(self) -> str:
+        return f"UsageMetrics({dict(self._resolve())})"
 
 
 def no_autocast(device_type: str):

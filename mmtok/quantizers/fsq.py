@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from mmtok.quantizers.common import QuantizerOutput, code_usage, no_autocast, straight_through
+from mmtok.quantizers.common import QuantizerOutput, UsageMetrics, no_autocast
 
 
 class FSQ(nn.Module):
@@ -47,6 +47,7 @@ class FSQ(nn.Module):
         basis = torch.cumprod(torch.tensor([1] + levels[:-1], dtype=torch.long), dim=0)
         self.register_buffer("_basis", basis, persistent=False)
         self.register_buffer("_levels", torch.tensor(levels, dtype=torch.long), persistent=False)
+        self._index_offset = float(sum((lvl // 2) * int(b) for lvl, b in zip(levels, basis)))  # index of level 0s
 
         has_projections = self.dim != self.num_dims
         self.project_in = nn.Linear(self.dim, self.num_dims) if has_projections else nn.Identity()
@@ -60,19 +61,30 @@ class FSQ(nn.Module):
             raise ValueError(f"FSQ expects input [..., {self.dim}] (channel-last), got shape {tuple(z.shape)}")
         with no_autocast(z.device.type):
             x = self.project_in(z.float())                                          # [..., n]
-            bounded = torch.tanh(x + self._shift) * self._half_level - self._offset  # [..., n]
-            rounded = straight_through(torch.round(bounded), bounded)               # integers in [-L//2, ...]
-            indices = ((rounded.detach().long() + self._half_width.long()) * self._basis).sum(-1)  # [...]
+            bounded = torch.addcmul(-self._offset, torch.tanh(x + self._shift), self._half_level)  # [..., n]
+            rounded = _RoundStraightThrough.apply(bounded)                          # integers in [-L//2, ...]
+            indices = self._levels_to_indices(rounded.detach())                     # [...]
             quantized = self.project_out(rounded / self._half_width)               # [..., dim]
         loss = z.new_zeros((), dtype=torch.float32)
-        return QuantizerOutput(quantized, indices, loss, code_usage(indices, self.codebook_size))
+        metrics = UsageMetrics(indices, self.codebook_size) if self.training else {}
+        return QuantizerOutput(quantized, indices, loss, metrics)
 
     def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
         """Grid points ``[..., len(levels)]`` (values ``(k - L//2) / (L//2)``, before ``project_out``) -> indices."""
         if codes.shape[-1] != self.num_dims:
             raise ValueError(f"FSQ codes must be [..., {self.num_dims}], got shape {tuple(codes.shape)}")
-        digits = torch.round(codes * self._half_width).long() + self._half_width.long()
-        return (digits * self._basis).sum(-1)
+        return self._levels_to_indices(torch.round(codes * self._half_width))
+
+    def _levels_to_indices(self, levels: torch.Tensor) -> torch.Tensor:
+        """Mixed-radix index of centred integer levels ``[..., n]`` (digit = level + L//2).
+
+        ``sum_i (level_i + h_i) b_i = levels @ b + sum_i h_i b_i``: one small matmul-vector product, exact in fp32
+        below 2^24 codes.
+        """
+        if self.codebook_size < 2 ** 24:
+            return torch.addmv(levels.new_full(levels.shape[:-1], self._index_offset).reshape(-1),
+                               levels.reshape(-1, self.num_dims), self._basis.float()).long().view(levels.shape[:-1])
+        return ((levels.long() + self._half_width.long()) * self._basis).sum(-1)
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices ``[...]`` -> quantized vectors ``[..., dim]`` (the exact inverse of ``forward``)."""
@@ -88,3 +100,15 @@ class FSQ(nn.Module):
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, dim={self.dim}, codebook_size={self.codebook_size}"
+
+
+class _RoundStraightThrough(torch.autograd.Function):
+    """``round`` forward, identity backward: the straight-through estimator in one kernel each way."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad

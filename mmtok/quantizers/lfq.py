@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmtok.quantizers.common import QuantizerOutput, code_usage, no_autocast, straight_through
+from mmtok.quantizers.common import QuantizerOutput, UsageMetrics, no_autocast, straight_through
 
 
 def binary_entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -111,8 +111,8 @@ class LFQ(nn.Module):
 
             commitment = F.mse_loss(x, hard)
             loss = self.commitment_loss_weight * commitment
-            metrics = code_usage(indices, self.codebook_size)
-            metrics["commitment"] = commitment.detach()
+            metrics = (UsageMetrics(indices, self.codebook_size, commitment=commitment.detach())
+                       if self.training else {})
             if self.training and self.entropy_loss_weight > 0:
                 per_sample, codebook = self.entropy_terms(x.reshape(-1, self.num_bits))
                 entropy_loss = per_sample - self.diversity_gamma * codebook

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtok.quantizers.common import (
-    QuantizerOutput, all_reduce_sum_, broadcast_, code_usage, is_distributed, no_autocast, straight_through,
+    QuantizerOutput, UsageMetrics, all_reduce_sum_, broadcast_, is_distributed, no_autocast, straight_through,
 )
 
 
@@ -125,8 +125,8 @@ class VectorQuantizer(nn.Module):
             quantized = straight_through(codes, flat).reshape(x.shape)  # [..., c]
             quantized = self.project_out(quantized)                     # [..., dim]
         indices = indices.reshape(x.shape[:-1])
-        metrics = code_usage(indices, self.codebook_size)
-        metrics["commitment"] = commitment.detach()
+        metrics = (UsageMetrics(indices, self.codebook_size, commitment=commitment.detach())
+                   if self.training else {})
         return QuantizerOutput(quantized, indices, loss, metrics)
 
     def codebook(self) -> torch.Tensor:

@@ -150,10 +150,28 @@ def test_fsq_round_trip_over_all_codes():
     assert torch.equal(q.codes_to_indices(codes), all_indices)
     assert len({tuple(c) for c in codes.tolist()}) == q.codebook_size  # every index a distinct grid point
     # large inputs saturate to the extreme levels and stay inside the grid
-    out = q.eval()(torch.randn(5000, 4) * 10)
+    out = q.train()(torch.randn(5000, 4) * 10)
     assert out.indices.min() >= 0 and out.indices.max() < q.codebook_size
     assert out.metrics["utilization"] > 0.05
     assert out.loss.item() == 0.0
+
+
+@pytest.mark.parametrize("kind", ["lfq", "fsq", "vq", "rvq"])
+def test_usage_metrics_are_right_in_training_and_skipped_in_eval(kind):
+    q = make(kind).train()
+    out = q(torch.randn(300, q.dim))
+    idx = out.indices.reshape(-1, q.num_quantizers) if kind == "rvq" else out.indices.reshape(-1, 1)
+    first = idx[:, 0]
+    counts = torch.bincount(first, minlength=q.codebook_size).float()
+    probs = counts[counts > 0] / counts.sum()
+    if kind != "rvq":  # residual VQ reports the mean over its stages
+        assert out.metrics["utilization"].item() == pytest.approx((counts > 0).float().mean().item())
+        assert out.metrics["perplexity"].item() == pytest.approx(torch.exp(-(probs * probs.log()).sum()).item(),
+                                                                 rel=1e-4)
+    assert 0 < out.metrics["utilization"].item() <= 1
+    q.eval()
+    metrics = q(torch.randn(300, q.dim)).metrics
+    assert "utilization" not in metrics and "perplexity" not in metrics
 
 
 def test_vq_ema_codebook_moves_towards_the_data():
