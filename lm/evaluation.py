@@ -38,7 +38,8 @@ from mmtok.metrics import psnr, si_snr, ssim
 from mmtok.probes import MovingDigitsProbe, centroid_track, click_f1
 
 __all__ = ["Clip", "Metric", "load_clips", "make_probe", "score_t2v", "score_v2a", "score_continuation",
-           "copy_last_frame", "trajectory_error", "tokenizer_reconstruction", "lm_task_losses", "metrics_table"]
+           "copy_last_frame", "trajectory_error", "tokenizer_reconstruction", "lm_task_losses", "alignment_metrics",
+           "metrics_table"]
 
 
 # ------------------------------------------------------------------------------------------------------ records
@@ -360,6 +361,58 @@ def lm_task_losses(model: Any, bundle: Any, shards: str | Path, *, tasks: Sequen
         out.append(Metric(f"lm/loss_{task}", nll / count if count else float("nan"),
                           base / count if count else float("nan"), "uniform over the output modality's codes",
                           False, int(count), unit="nats/token"))
+    return out
+
+
+def alignment_metrics(model: Any, bundle: Any, shards: str | Path, corpus_dir: str | Path, *,
+                      split: str = "test", limit: int = 64, prompt: str = "a video of the digit {}") -> list[Metric]:
+    """Zero-shot retrieval (text<->video, video<->audio) and digit classification from text prompts with the
+    model's VATT-style alignment head (``lm.alignment``) on the token shards' ``split``.
+
+    Baselines: a random ranking (R@k = k/N, median rank (N+1)/2) and a random digit (1/10). Returns no rows when the
+    model has no alignment head.
+    """
+    from lm.alignment import DIGIT_NAMES, digit_prompts, zero_shot_classification, zero_shot_retrieval
+    from mmtok.data.moving_digits import load_ground_truth
+    from mmtok.data.shards import load_token_dataset, row_codes
+
+    if getattr(model, "alignment", None) is None or bundle.video is None:
+        return []
+    vocab = bundle.vocab
+    truth = load_ground_truth(corpus_dir)
+    rows = load_token_dataset(shards, split=split)
+    videos, audios, texts, owners, labels = [], [], [], [], []
+    for row in rows.select(range(min(limit, len(rows)))):
+        codes = row_codes(row)
+        if codes["video"] is None or row["id"] not in truth:
+            continue
+        i = len(videos)
+        videos.append(vocab.to_global("video", codes["video"]))
+        if codes["audio"] is not None and bundle.audio is not None:
+            audios.append(vocab.to_global("audio", codes["audio"][: bundle.num_audio_levels]))
+        for caption in codes["text"]:
+            texts.append(vocab.to_global("text", caption))
+            owners.append(i)
+        labels.append(int(truth[row["id"]]["digit"]))
+    n = len(videos)
+    if n < 2:
+        return []
+    video_ids = torch.stack(videos)
+    audio_ids = torch.stack(audios) if len(audios) == n else None
+    retrieval = zero_shot_retrieval(model, video_ids, audio_ids=audio_ids, text_ids=texts or None,
+                                    text_clip=owners or None)
+    out = []
+    for key, value in retrieval.items():
+        direction, stat = key.split("/")
+        if stat == "median_rank":
+            out.append(Metric(f"align/{direction}_median_rank", value, (n + 1) / 2, "random ranking", False, n))
+        else:
+            k = int(stat.split("@")[1])
+            out.append(Metric(f"align/{direction}_{stat}", value, min(1.0, k / n), "random ranking", True, n))
+    prompt_ids = [vocab.to_global("text", bundle.text.encode(p)) for p in digit_prompts(prompt, DIGIT_NAMES)]
+    result = zero_shot_classification(model, video_ids, labels, prompt_ids)
+    out.append(Metric("align/zero_shot_digit_accuracy", float(result["accuracy"]), float(result["chance"]),
+                      "chance (1/10)", True, n))
     return out
 
 

@@ -21,6 +21,9 @@ trajectory_error               from the first ``context_frames``
 tokenizer/video_psnr, _ssim,   encode + decode of test clips                    blank frames; another clip's audio
 audio_si_snr
 lm/loss_<task>                 token NLL on the shards' test split (if given)   uniform over the output's codes
+align/{t2v,v2t,v2a,a2v}_R@k,   zero-shot retrieval with the alignment head      random ranking (k/N, (N+1)/2)
+_median_rank                   (models trained with ``alignment.weight``)
+align/zero_shot_digit_accuracy "a video of the digit seven" prompts, nearest     chance (1/10)
 =============================  ===============================================  ====================================
 
 Outputs in ``out``: ``metrics.json`` (``{"metrics": [...], "config": ..., "seconds": ...}``), ``metrics.md`` (the
@@ -47,7 +50,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lm.evaluation import (  # noqa: E402
-    Clip, Metric, corpus_settings, load_clips, lm_task_losses, make_probe, metrics_table, score_continuation,
+    Clip, Metric, alignment_metrics, corpus_settings, load_clips, lm_task_losses, make_probe, metrics_table,
+    score_continuation,
     score_t2v, score_v2a, tokenizer_reconstruction,
 )
 from recipes.common import atomic_write_text, build_arg_parser, load_config, progress_enabled  # noqa: E402
@@ -71,7 +75,8 @@ class EvalConfig:
     model: str = "outputs/demo/lm/export"      # exported model dir (LM + bundle)
     corpus: str = "outputs/demo/corpus"        # Moving-Digits corpus dir
     out: str = "outputs/demo/eval"
-    shards: Optional[str] = None               # token shards for per-task LM losses (None: skipped)
+    shards: Optional[str] = None               # token shards for per-task LM losses and retrieval (None: skipped)
+    num_alignment: int = 64                    # clips for zero-shot retrieval (models with an alignment head)
     split: str = "test"
     num_t2v: int = 16                          # t2v prompts from combinations seen in training
     num_t2v_held_out: int = 8                  # t2v prompts from held-out combinations
@@ -266,6 +271,13 @@ def run(cfg: EvalConfig, force: bool = False) -> dict[str, Any]:
         metrics += lm_task_losses(gen.model, gen.bundle, cfg.shards, tasks=list(cfg.lm_tasks), split=cfg.split,
                                   batch_size=cfg.lm_loss_batch_size, num_batches=cfg.lm_loss_batches)
         timings["lm_losses"] = time.time() - t
+        # ---- zero-shot retrieval and classification with the alignment head (when the model has one)
+        if getattr(gen.model, "alignment", None) is not None and cfg.num_alignment > 0:
+            t = time.time()
+            print(f"evaluate: zero-shot retrieval on {cfg.num_alignment} clips", flush=True)
+            metrics += alignment_metrics(gen.model, gen.bundle, cfg.shards, cfg.corpus, split=cfg.split,
+                                         limit=cfg.num_alignment)
+            timings["alignment"] = time.time() - t
 
     doc = {"metrics": [m.to_dict() for m in metrics], "config": asdict(cfg), "seconds": round(time.time() - t0, 1),
            "stage_seconds": {k: round(v, 1) for k, v in timings.items()}, "model": str(model_dir),

@@ -22,6 +22,9 @@ EXPECTED_METRICS = {
     "v2a/pitch_accuracy", "v2a/click_f1", "continuation/psnr", "continuation/trajectory_error",
     "tokenizer/video_psnr", "tokenizer/video_ssim", "tokenizer/audio_si_snr",
     "lm/loss_t2v", "lm/loss_v2a", "lm/loss_vcont",
+    # zero-shot retrieval and classification with the alignment head (the demo trains it: alignment.weight)
+    *(f"align/{d}_{s}" for d in ("t2v", "v2t", "v2a", "a2v") for s in ("R@1", "R@5", "R@10", "median_rank")),
+    "align/zero_shot_digit_accuracy",
 }
 
 
