@@ -260,3 +260,17 @@ def test_alignment_weight_adds_a_falling_contrastive_loss_and_the_head_is_export
     emb = model.embed_video(video)
     assert emb.shape == (3, model.config.alignment["vt_dim"])
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+
+
+def test_alignment_only_trains_the_head_on_a_frozen_lm(reference, tmp_path):
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "align_only"
+    run_plain(run_dir, "alignment.only=true", f"model.init_from={reference / 'export'}")
+    assert 12 in metric(run_dir, "train/align_loss")
+    assert not metric(run_dir, "train/loss")  # the LM does not train, so it logs no LM loss
+    before = load_file(reference / "export" / "model.safetensors")
+    after = load_file(run_dir / "export" / "model.safetensors")
+    assert any(k.startswith("alignment.") for k in after) and not any(k.startswith("alignment.") for k in before)
+    for key, value in before.items():  # every LM weight exactly as it was
+        torch.testing.assert_close(after[key], value, rtol=0, atol=0, msg=key)
