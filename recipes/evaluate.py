@@ -98,7 +98,7 @@ class EvalConfig:
 def _write_clip(path: Path, frames: np.ndarray, fps: float, audio: np.ndarray | None = None,
                 sample_rate: int | None = None) -> str:
     from mmtok.data.media import write_video
-    from recipes.generate import write_gif
+    from mmtok.data.media import write_gif
 
     if path.suffix == ".gif":
         write_gif(path, frames, fps)

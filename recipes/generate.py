@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 from lm.generation import GenerationError, GenerationResult, MultimodalGenerator, SamplingConfig
-from mmtok.data.media import MediaError, read_audio, read_video, write_audio, write_video
+from mmtok.data.media import MediaError, read_audio, read_video, write_audio, write_gif, write_video
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".gif")
 IMAGE_SUFFIXES = (".png", ".gif", ".mp4")
@@ -48,34 +47,6 @@ def _upscale(frames: np.ndarray, factor: int) -> np.ndarray:
     if factor <= 1:
         return frames
     return frames.repeat(factor, axis=1).repeat(factor, axis=2)
-
-
-def write_gif(path: str | Path, frames: Any, fps: float) -> Path:
-    """Write uint8 ``[T, H, W, 3]`` frames as a looping GIF with PyAV (FFmpeg's GIF encoder, ``rgb8`` palette)."""
-    import av
-
-    path = Path(path)
-    frames = np.ascontiguousarray(np.asarray(frames, dtype=np.uint8))
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 [T, H, W, 3], got shape {frames.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.gif")
-    container = av.open(str(tmp), mode="w", format="gif")
-    try:
-        stream = container.add_stream("gif", rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
-        stream.pix_fmt = "rgb8"
-        for i, f in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    finally:
-        container.close()
-    tmp.replace(path)
-    return path
 
 
 def write_png(path: str | Path, image: Any) -> Path:

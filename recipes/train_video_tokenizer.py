@@ -44,7 +44,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed  # noqa: E4
 from tqdm import tqdm  # noqa: E402
 
 from mmtok.data.ingest import BadFileReport, ClipRecord, load_records  # noqa: E402
-from mmtok.data.media import MediaError, probe, read_video, resize_and_crop  # noqa: E402
+from mmtok.data.media import MediaError, probe, read_video, resize_and_crop, write_gif as write_frames_gif  # noqa: E402,E501
 from mmtok.video import VideoTokenizer, to_uint8  # noqa: E402
 from mmtok.video.losses import (  # noqa: E402
     LeCamEMA, PerceptualLoss, VideoDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss)
@@ -269,16 +269,9 @@ def sample_clips(cfg: DataConfig, train: RandomClips) -> torch.Tensor:
 
 def write_gif(path: Path, originals: torch.Tensor, reconstructions: torch.Tensor, fps: float) -> None:
     """Originals (top row) above reconstructions (bottom row); uint8 ``[B, T, H, W, 3]`` each."""
-    from PIL import Image
-
     top = torch.cat(list(originals), dim=2)                                              # [T, H, B*W, 3]
     bottom = torch.cat(list(reconstructions), dim=2)
-    grid = torch.cat([top, bottom], dim=1).numpy()                                       # [T, 2H, B*W, 3]
-    frames = [Image.fromarray(f) for f in grid]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    tmp.replace(path)
+    write_frames_gif(path, torch.cat([top, bottom], dim=1).numpy(), fps)                 # [T, 2H, B*W, 3]
 
 
 def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 __all__ = [
+    "write_gif",
     "AUDIO_EXTENSIONS",
     "MEDIA_EXTENSIONS",
     "VIDEO_EXTENSIONS",
@@ -552,6 +553,33 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float, *, audio: Any 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_gif(path: str | os.PathLike, frames: Any, fps: float) -> Path:
+    """Write uint8 ``[T, H, W, 3]`` frames as a looping GIF with PyAV (FFmpeg's GIF encoder, ``rgb8`` palette),
+    atomically."""
+    path = Path(path)
+    frames = np.ascontiguousarray(np.asarray(frames, dtype=np.uint8))
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got shape {frames.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.gif")
+    container = av.open(str(tmp), mode="w", format="gif")
+    try:
+        stream = container.add_stream("gif", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
+        stream.pix_fmt = "rgb8"
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    finally:
+        container.close()
+    tmp.replace(path)
     return path
 
 

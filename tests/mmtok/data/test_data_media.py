@@ -187,3 +187,17 @@ def test_truncated_faststart_file_decodes_up_to_the_cut(tmp_path):
     np.testing.assert_allclose(frames.mean(), noise[: len(frames)].mean(), atol=3)
     with pytest.raises(MediaError, match="too short"):
         read_video(cut, num_frames=17)
+
+
+def test_write_gif_round_trip(tmp_path):
+    from mmtok.data.media import read_video, write_gif
+
+    frames = np.zeros((5, 16, 24, 3), np.uint8)
+    for t in range(5):
+        frames[t, :, t * 4:t * 4 + 4] = 255  # a white bar moving right
+    path = write_gif(tmp_path / "bar.gif", frames, fps=8)
+    back = np.asarray(read_video(path))
+    assert back.shape == (5, 16, 24, 3)
+    assert [int(np.argmax(f.mean(axis=(0, 2)))) // 4 for f in back] == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
+        write_gif(tmp_path / "bad.gif", frames[..., 0], fps=8)
