@@ -132,6 +132,9 @@ def save_checkpoint(accelerator: Any, run_dir: str | os.PathLike, step: int, tra
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    # Every rank writes its own files (DeepSpeed optimizer shards, per-process RNG states); none may be renamed
+    # away before the slowest rank is done.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for key, obj in (extra or {}).items():
             torch.save(obj.state_dict(), tmp / f"{key}.pt")
