@@ -217,9 +217,11 @@ def corpus_clips(corpus: Path, split: str, n: int | None) -> torch.Tensor:
 
 
 def race_worker(which: str, budget: float, corpus: Path, lr: float) -> dict:
+    # Clips first: the peer's stand-in torchvision has no __spec__, which breaks library availability probes that
+    # the media readers' imports run.
+    train, val = corpus_clips(corpus, "train", None), corpus_clips(corpus, "validation", 16)
     torch.manual_seed(0)
     m = build(which, gan=False)
-    train, val = corpus_clips(corpus, "train", None), corpus_clips(corpus, "validation", 16)
     opt = torch.optim.AdamW(m.parameters(), lr=lr, betas=(0.9, 0.99))
     rng = np.random.default_rng(0)
     m.model.train()
