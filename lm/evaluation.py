@@ -284,11 +284,16 @@ def score_continuation(generated_new: Sequence[np.ndarray], contexts: Sequence[n
 
 # ------------------------------------------------------------------------------------------------- tokenizers
 @torch.no_grad()
-def tokenizer_reconstruction(bundle: Any, clips: Sequence[Clip], *, batch_size: int = 4) -> list[Metric]:
+def tokenizer_reconstruction(bundle: Any, clips: Sequence[Clip], *, batch_size: int = 4,
+                             probe: MovingDigitsProbe | None = None) -> list[Metric]:
     """Video PSNR / SSIM and audio SI-SNR of the bundle's tokenizers on ``clips`` (audio at the LM's RVQ levels).
 
     Baselines: blank frames (the background colour of the first frame's corner) for PSNR / SSIM; another clip's
     audio (the clips rotated by one) for SI-SNR.
+
+    With a ``probe``, the reconstructions are also read like generated media (``tokenizer/recon_{digit,color,
+    direction}_accuracy``, ``tokenizer/recon_pitch_accuracy``): what a perfect LM could score through these
+    tokenizers, the ceiling they put on the t2v and v2a metrics.
     """
     out: list[Metric] = []
     if not clips:
@@ -296,6 +301,7 @@ def tokenizer_reconstruction(bundle: Any, clips: Sequence[Clip], *, batch_size: 
     if bundle.video is not None:
         vt = bundle.video
         ps, ss, bps, bss = [], [], [], []
+        recon_frames: list[np.ndarray] = []
         for i in range(0, len(clips), batch_size):
             batch = np.stack([c.frames for c in clips[i:i + batch_size]])            # [B, T, H, W, 3]
             x = torch.from_numpy(batch)
@@ -307,25 +313,40 @@ def tokenizer_reconstruction(bundle: Any, clips: Sequence[Clip], *, batch_size: 
                 r, e, z = (t[b].permute(1, 0, 2, 3) for t in (ref, est, blank))    # [T, 3, H, W]
                 ps.append(float(psnr(r, e))); ss.append(float(ssim(r, e)))
                 bps.append(float(psnr(r, z))); bss.append(float(ssim(r, z)))
+                if probe is not None:                                                 # uint8 [T, H, W, 3]
+                    recon_frames.append((e * 255).round().byte().permute(0, 2, 3, 1).numpy())
         n = len(ps)
         out += [Metric("tokenizer/video_psnr", float(np.mean(ps)), float(np.mean(bps)), "blank frames", True, n,
                        unit="dB"),
                 Metric("tokenizer/video_ssim", float(np.mean(ss)), float(np.mean(bss)), "blank frames", True, n)]
+        if probe is not None:
+            ceiling, _ = score_t2v(probe, recon_frames, [c.truth for c in clips], prefix="tokenizer",
+                                   references=[c.frames for c in clips])
+            for m in ceiling:
+                m.name = m.name.replace("tokenizer/", "tokenizer/recon_")
+            out += ceiling
     if bundle.audio is not None:
         at = bundle.audio
         levels = getattr(bundle, "num_audio_levels", None)
         waves = torch.from_numpy(np.stack([c.audio for c in clips]))                  # [B, N]
-        vals = []
+        vals, recon_waves = [], []
         for i in range(0, len(clips), batch_size):
             w = waves[i:i + batch_size, None]                                          # [B, 1, N]
             recon = at.decode(at.encode(w, num_quantizers=levels))[..., : w.shape[-1]]
             if recon.shape[-1] < w.shape[-1]:
                 recon = torch.nn.functional.pad(recon, (0, w.shape[-1] - recon.shape[-1]))
             vals += si_snr(w[:, 0], recon[:, 0]).tolist()
+            recon_waves += list(recon[:, 0].float().numpy())
         other = waves.roll(1, dims=0)
         base = si_snr(waves, other).tolist() if len(clips) > 1 else [float("nan")]
         out.append(Metric("tokenizer/audio_si_snr", float(np.mean(vals)), float(np.mean(base)),
                           "another clip's audio", True, len(vals), unit="dB"))
+        if probe is not None:
+            ceiling, _ = score_v2a(probe, recon_waves, [c.truth for c in clips],
+                                   references=[c.audio for c in clips])
+            for m in ceiling:
+                m.name = m.name.replace("v2a/", "tokenizer/recon_")
+            out += ceiling
     return out
 
 

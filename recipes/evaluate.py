@@ -20,6 +20,9 @@ continuation/psnr,             the last ``T - context_frames`` frames generated 
 trajectory_error               from the first ``context_frames``
 tokenizer/video_psnr, _ssim,   encode + decode of test clips                    blank frames; another clip's audio
 audio_si_snr
+tokenizer/recon_{digit,color,  the t2v / v2a probes on those reconstructions:   chance, as for t2v / v2a
+direction,pitch}_accuracy,     the ceiling the tokenizers put on generation
+recon_click_f1
 lm/loss_<task>                 token NLL on the shards' test split (if given)   uniform over the output's codes
 align/{t2v,v2t,v2a,a2v}_R@k,   zero-shot retrieval with the alignment head      random ranking (k/N, (N+1)/2)
 _median_rank                   (models trained with ``alignment.weight``)
@@ -261,7 +264,7 @@ def run(cfg: EvalConfig, force: bool = False) -> dict[str, Any]:
         t = time.time()
         print(f"evaluate: tokenizer reconstruction on {cfg.num_reconstruction} clips", flush=True)
         clips = load_clips(cfg.corpus, split=cfg.split, limit=cfg.num_reconstruction)
-        metrics += tokenizer_reconstruction(gen.bundle, clips, batch_size=cfg.batch_size)
+        metrics += tokenizer_reconstruction(gen.bundle, clips, batch_size=cfg.batch_size, probe=probe)
         timings["reconstruction"] = time.time() - t
 
     # ---- per-task LM losses
