@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 if __package__ in (None, ""):  # `python recipes/generate.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from lm.generation import GenerationError, GenerationResult, MultimodalGenerator, SamplingConfig
-from mmtok.data.media import MediaError, read_audio, read_video, write_audio, write_gif, write_video
+from mmtok.data.media import MediaError, read_audio, read_video, write_audio, write_gif, write_image, write_video
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".gif")
 IMAGE_SUFFIXES = (".png", ".gif", ".mp4")
@@ -47,28 +47,6 @@ def _upscale(frames: np.ndarray, factor: int) -> np.ndarray:
     if factor <= 1:
         return frames
     return frames.repeat(factor, axis=1).repeat(factor, axis=2)
-
-
-def write_png(path: str | Path, image: Any) -> Path:
-    """Write one uint8 ``[H, W, 3]`` image as PNG with PyAV."""
-    import av
-
-    path = Path(path)
-    image = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    container = av.open(str(tmp), mode="w", format="image2")
-    try:
-        stream = container.add_stream("png", rate=1)
-        stream.width, stream.height, stream.pix_fmt = int(image.shape[1]), int(image.shape[0]), "rgb24"
-        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    finally:
-        container.close()
-    tmp.replace(path)
-    return path
 
 
 def save_clip(path: Path, frames: np.ndarray, fps: float, *, audio: np.ndarray | None = None,
@@ -193,7 +171,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         result = gen.text_to_image(args.prompt)
         for i, path in enumerate(output_paths(out, len(result))):
             frames = _upscale(result.frames(i).numpy(), upscale)
-            written.append(write_png(path, frames[0]) if path.suffix.lower() == ".png"
+            written.append(write_image(path, frames[0]) if path.suffix.lower() == ".png"
                            else save_clip(path, frames, result.fps))
     elif args.command == "v2a":
         frames = read_clip(args.video, gen, args.input_frames or args.clip_frames, args.pad)

@@ -29,6 +29,8 @@ from mmtok.data.media import (
     read_video,
     resize_and_crop,
     write_audio,
+    write_gif,
+    write_image,
     write_video,
 )
 
@@ -54,5 +56,7 @@ __all__ = [
     "read_video",
     "resize_and_crop",
     "write_audio",
+    "write_gif",
+    "write_image",
     "write_video",
 ]

@@ -22,6 +22,7 @@ samples (64 ms at 16 kHz) that decoders do not always trim, which would shift au
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -34,7 +35,6 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 __all__ = [
-    "write_gif",
     "AUDIO_EXTENSIONS",
     "MEDIA_EXTENSIONS",
     "VIDEO_EXTENSIONS",
@@ -46,6 +46,8 @@ __all__ = [
     "read_video",
     "resize_and_crop",
     "write_audio",
+    "write_gif",
+    "write_image",
     "write_video",
 ]
 
@@ -430,6 +432,24 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
 
 
+@contextlib.contextmanager
+def _atomic_container(path: Path, **open_kwargs: Any) -> Iterator[Any]:
+    """A PyAV output container on a temporary file beside ``path``, renamed onto ``path`` once closed without error;
+    on any error the temporary file is removed and ``path`` is left as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        container = av.open(str(tmp), mode="w", **open_kwargs)
+        try:
+            yield container
+        finally:
+            container.close()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _as_frames(frames: Any) -> np.ndarray:
     if hasattr(frames, "detach"):  # torch tensor, without importing torch here
         frames = frames.detach().cpu().numpy()
@@ -516,43 +536,33 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float, *, audio: Any 
     if video_codec in ("mpeg4",) and (h % 2 or w % 2):
         raise ValueError(f"{video_codec} needs even frame sizes, got {h}x{w}; use libx264 or crop a pixel")
     rate = Fraction(fps).limit_denominator(1001000)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        options = {"movflags": "faststart"} if faststart and path.suffix.lower() in (".mp4", ".m4v", ".mov") else {}
-        container = av.open(str(tmp), mode="w", options=options)
-        try:
-            vstream = container.add_stream(video_codec, rate=rate)
-            vstream.width, vstream.height = w, h
-            vstream.pix_fmt = "yuv420p" if (h % 2 == 0 and w % 2 == 0) else "yuv444p"
-            vstream.codec_context.thread_count = threads
-            if video_codec in ("libx264", "h264"):
-                vstream.options = {"crf": str(crf), "preset": preset}
-            elif video_codec == "mpeg4":
-                vstream.options = {"qscale": "2"}
-                vstream.codec_context.qmin = 1
-            time_base = Fraction(1, 90000) if timestamps is not None else 1 / rate
-            vstream.codec_context.time_base = time_base
-            astream = None
-            if wave is not None:
-                astream = container.add_stream(audio_codec, rate=sample_rate)
-                astream.layout = "mono" if wave.shape[0] == 1 else "stereo"
-            for i in range(t):
-                frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-                frame.pts = int(round(timestamps[i] / time_base)) if timestamps is not None else i
-                frame.time_base = time_base
-                for packet in vstream.encode(frame):
-                    container.mux(packet)
-            for packet in vstream.encode(None):
+    options = {"movflags": "faststart"} if faststart and path.suffix.lower() in (".mp4", ".m4v", ".mov") else {}
+    with _atomic_container(path, options=options) as container:
+        vstream = container.add_stream(video_codec, rate=rate)
+        vstream.width, vstream.height = w, h
+        vstream.pix_fmt = "yuv420p" if (h % 2 == 0 and w % 2 == 0) else "yuv444p"
+        vstream.codec_context.thread_count = threads
+        if video_codec in ("libx264", "h264"):
+            vstream.options = {"crf": str(crf), "preset": preset}
+        elif video_codec == "mpeg4":
+            vstream.options = {"qscale": "2"}
+            vstream.codec_context.qmin = 1
+        time_base = Fraction(1, 90000) if timestamps is not None else 1 / rate
+        vstream.codec_context.time_base = time_base
+        astream = None
+        if wave is not None:
+            astream = container.add_stream(audio_codec, rate=sample_rate)
+            astream.layout = "mono" if wave.shape[0] == 1 else "stereo"
+        for i in range(t):
+            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            frame.pts = int(round(timestamps[i] / time_base)) if timestamps is not None else i
+            frame.time_base = time_base
+            for packet in vstream.encode(frame):
                 container.mux(packet)
-            if astream is not None:
-                _encode_audio(container, astream, wave, sample_rate)
-        finally:
-            container.close()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        for packet in vstream.encode(None):
+            container.mux(packet)
+        if astream is not None:
+            _encode_audio(container, astream, wave, sample_rate)
     return path
 
 
@@ -563,10 +573,9 @@ def write_gif(path: str | os.PathLike, frames: Any, fps: float) -> Path:
     frames = np.ascontiguousarray(np.asarray(frames, dtype=np.uint8))
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got shape {frames.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.gif")
-    container = av.open(str(tmp), mode="w", format="gif")
-    try:
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    with _atomic_container(path, format="gif") as container:
         stream = container.add_stream("gif", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
         stream.pix_fmt = "rgb8"
@@ -577,9 +586,22 @@ def write_gif(path: str | os.PathLike, frames: Any, fps: float) -> Path:
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
-    finally:
-        container.close()
-    tmp.replace(path)
+    return path
+
+
+def write_image(path: str | os.PathLike, image: Any) -> Path:
+    """Write one uint8 ``[H, W, 3]`` image (PNG for a ``.png`` path) with PyAV, atomically."""
+    path = Path(path)
+    image = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be uint8 [H, W, 3], got shape {image.shape}")
+    with _atomic_container(path, format="image2") as container:
+        stream = container.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = int(image.shape[1]), int(image.shape[0]), "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
     return path
 
 
@@ -589,20 +611,11 @@ def write_audio(path: str | os.PathLike, audio: Any, sample_rate: int) -> Path:
     wave = _as_wave(audio)
     if sample_rate < 1:
         raise ValueError(f"sample_rate must be a positive int, got {sample_rate}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        container = av.open(str(tmp), mode="w", format="wav" if path.suffix.lower() == ".wav" else None)
-        try:
-            stream = container.add_stream("pcm_s16le" if path.suffix.lower() == ".wav" else "flac", rate=sample_rate)
-            stream.layout = "mono" if wave.shape[0] == 1 else "stereo"
-            _encode_audio(container, stream, wave, sample_rate)
-        finally:
-            container.close()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    wav = path.suffix.lower() == ".wav"
+    with _atomic_container(path, format="wav" if wav else None) as container:
+        stream = container.add_stream("pcm_s16le" if wav else "flac", rate=sample_rate)
+        stream.layout = "mono" if wave.shape[0] == 1 else "stereo"
+        _encode_audio(container, stream, wave, sample_rate)
     return path
 
 

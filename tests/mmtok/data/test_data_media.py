@@ -201,3 +201,28 @@ def test_write_gif_round_trip(tmp_path):
     assert [int(np.argmax(f.mean(axis=(0, 2)))) // 4 for f in back] == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
         write_gif(tmp_path / "bad.gif", frames[..., 0], fps=8)
+
+
+def test_write_image_round_trip_and_shape_error(tmp_path):
+    from mmtok.data.media import read_video, write_image
+
+    image = np.zeros((12, 20, 3), np.uint8)
+    image[:, :10, 0] = 200                                   # left half red
+    back = np.asarray(read_video(write_image(tmp_path / "img.png", image)))
+    assert back.shape == (1, 12, 20, 3)
+    np.testing.assert_array_equal(back[0], image)            # PNG is lossless
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        write_image(tmp_path / "bad.png", image[..., 0])
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    from mmtok.data.media import read_video, write_video
+
+    frames = np.full((3, 16, 16, 3), 100, np.uint8)
+    path = write_video(tmp_path / "clip.mp4", frames, fps=8)
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        write_video(path, frames, fps=8, video_codec="no_such_codec")   # fails inside the open container
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+    assert read_video(path).shape == (3, 16, 16, 3)
