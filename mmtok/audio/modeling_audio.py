@@ -71,9 +71,7 @@ class StreamConv1d(nn.Module):
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         # x: [B, C_in, L] -> [B, C_out, L // stride]
         if state is None:
-            pad = (self.padding_total, 0) if self.causal else (self.padding_total - self.padding_total // 2,
-                                                                self.padding_total // 2)
-            return self.conv(F.pad(x, pad))
+            return self._whole(x)
         if self.padding_total == 0 and self.stride == 1:    # 1x1 conv: nothing to carry
             return self.conv(x) if x.shape[-1] else x.new_zeros(x.shape[0], self.conv.out_channels, 0)
         buffer = state.get(self)
@@ -85,6 +83,23 @@ class StreamConv1d(nn.Module):
         if n == 0:
             return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
         return self.conv(x[..., : (n - 1) * self.stride + self.effective_kernel])
+
+
+    def _whole(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole-signal pass, padding inside the convolution instead of copying a padded input.
+
+        Causal: the conv pads ``padding_total`` zeros on both sides; the outputs whose windows reach into the right
+        padding are dropped, which leaves exactly the outputs of left padding alone. Centred: the left share is
+        padded on both sides and the surplus outputs on the right are dropped likewise. The slice is materialized
+        by whatever elementwise op follows (an ELU or a residual add), so the padded copy of the input, the largest
+        tensor in the layer, is never made.
+        """
+        left = self.padding_total if self.causal else self.padding_total - self.padding_total // 2
+        length = x.shape[-1] + self.padding_total                       # the padded length of F.pad
+        n = (length - self.effective_kernel) // self.stride + 1 if length >= self.effective_kernel else 0
+        conv = self.conv
+        y = F.conv1d(x, conv.weight, conv.bias, self.stride, left, conv.dilation)  # [B, C_out, >= n]
+        return y[..., :n] if y.shape[-1] != n else y
 
 
 class StreamConvTranspose1d(nn.Module):
