@@ -320,3 +320,21 @@ def test_streaming_demo_preset_in_50ms_chunks():
     dec = tok.stream_decoder()
     out = torch.cat([dec.decode(codes[..., i:i + 5]) for i in range(0, 54, 5)], dim=-1)
     torch.testing.assert_close(out, tok.decode(codes), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("kernel,stride,dilation", [(7, 1, 1), (3, 1, 9), (4, 2, 1), (10, 5, 1), (1, 1, 1),
+                                                    (2, 1, 1), (5, 1, 2)])
+def test_conv_pads_inside_the_kernel_like_an_explicit_pad(causal, kernel, stride, dilation):
+    import torch.nn.functional as F
+
+    from mmtok.audio.modeling_audio import StreamConv1d
+
+    torch.manual_seed(0)
+    conv = StreamConv1d(6, 5, kernel, stride=stride, dilation=dilation, causal=causal)
+    x = torch.randn(2, 6, 80)
+    p = conv.padding_total
+    expected = conv.conv(F.pad(x, (p, 0) if causal else (p - p // 2, p // 2)))
+    out = conv(x)
+    assert out.shape == expected.shape == (2, 5, 80 // stride)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
