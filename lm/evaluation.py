@@ -181,7 +181,7 @@ def score_t2v(probe: MovingDigitsProbe, generated: Sequence[np.ndarray], truths:
 
 # ---------------------------------------------------------------------------------------------- video-to-audio
 def score_v2a(probe: MovingDigitsProbe, generated: Sequence[np.ndarray], truths: Sequence[dict[str, Any]],
-              *, references: Sequence[np.ndarray] | None = None, seed: int = 0
+              *, prefix: str = "v2a", references: Sequence[np.ndarray] | None = None, seed: int = 0
               ) -> tuple[list[Metric], list[dict[str, Any]]]:
     """Pitch (digit) accuracy and click-timing F1 (tolerance: one video frame) of generated soundtracks.
 
@@ -217,8 +217,8 @@ def score_v2a(probe: MovingDigitsProbe, generated: Sequence[np.ndarray], truths:
     b_rand = float(np.mean(rand_f1)) if n else float("nan")
     click_base, click_name = (b_none, f"no clicks ({b_none:.2f}; random clicks {b_rand:.2f})") if b_none >= b_rand \
         else (b_rand, f"random clicks ({b_rand:.2f}; no clicks {b_none:.2f})")
-    return [Metric("v2a/pitch_accuracy", pitch, 0.1, "random digit (1/10)", True, n, ref_pitch),
-            Metric("v2a/click_f1", f1, click_base, click_name, True, n, ref_f1)], records
+    return [Metric(f"{prefix}/pitch_accuracy", pitch, 0.1, "random digit (1/10)", True, n, ref_pitch),
+            Metric(f"{prefix}/click_f1", f1, click_base, click_name, True, n, ref_f1)], records
 
 
 # ------------------------------------------------------------------------------------------------ continuation
@@ -283,6 +283,9 @@ def score_continuation(generated_new: Sequence[np.ndarray], contexts: Sequence[n
 
 
 # ------------------------------------------------------------------------------------------------- tokenizers
+RECON_PREFIX = "tokenizer_recon"   # the probes' metrics on tokenizer reconstructions
+
+
 @torch.no_grad()
 def tokenizer_reconstruction(bundle: Any, clips: Sequence[Clip], *, batch_size: int = 4,
                              probe: MovingDigitsProbe | None = None) -> list[Metric]:
@@ -291,8 +294,8 @@ def tokenizer_reconstruction(bundle: Any, clips: Sequence[Clip], *, batch_size: 
     Baselines: blank frames (the background colour of the first frame's corner) for PSNR / SSIM; another clip's
     audio (the clips rotated by one) for SI-SNR.
 
-    With a ``probe``, the reconstructions are also read like generated media (``tokenizer/recon_{digit,color,
-    direction}_accuracy``, ``tokenizer/recon_pitch_accuracy``): what a perfect LM could score through these
+    With a ``probe``, the reconstructions are also read like generated media (``tokenizer_recon/{digit,color,
+    direction,pitch}_accuracy``, ``tokenizer_recon/click_f1``): what a perfect LM could score through these
     tokenizers, the ceiling they put on the t2v and v2a metrics.
     """
     out: list[Metric] = []
@@ -320,11 +323,8 @@ def tokenizer_reconstruction(bundle: Any, clips: Sequence[Clip], *, batch_size: 
                        unit="dB"),
                 Metric("tokenizer/video_ssim", float(np.mean(ss)), float(np.mean(bss)), "blank frames", True, n)]
         if probe is not None:
-            ceiling, _ = score_t2v(probe, recon_frames, [c.truth for c in clips], prefix="tokenizer",
-                                   references=[c.frames for c in clips])
-            for m in ceiling:
-                m.name = m.name.replace("tokenizer/", "tokenizer/recon_")
-            out += ceiling
+            out += score_t2v(probe, recon_frames, [c.truth for c in clips], prefix=RECON_PREFIX,
+                             references=[c.frames for c in clips])[0]
     if bundle.audio is not None:
         at = bundle.audio
         levels = getattr(bundle, "num_audio_levels", None)
@@ -336,17 +336,15 @@ def tokenizer_reconstruction(bundle: Any, clips: Sequence[Clip], *, batch_size: 
             if recon.shape[-1] < w.shape[-1]:
                 recon = torch.nn.functional.pad(recon, (0, w.shape[-1] - recon.shape[-1]))
             vals += si_snr(w[:, 0], recon[:, 0]).tolist()
-            recon_waves += list(recon[:, 0].float().numpy())
+            if probe is not None:
+                recon_waves += list(recon[:, 0].float().numpy())
         other = waves.roll(1, dims=0)
         base = si_snr(waves, other).tolist() if len(clips) > 1 else [float("nan")]
         out.append(Metric("tokenizer/audio_si_snr", float(np.mean(vals)), float(np.mean(base)),
                           "another clip's audio", True, len(vals), unit="dB"))
         if probe is not None:
-            ceiling, _ = score_v2a(probe, recon_waves, [c.truth for c in clips],
-                                   references=[c.audio for c in clips])
-            for m in ceiling:
-                m.name = m.name.replace("v2a/", "tokenizer/recon_")
-            out += ceiling
+            out += score_v2a(probe, recon_waves, [c.truth for c in clips], prefix=RECON_PREFIX,
+                             references=[c.audio for c in clips])[0]
     return out
 
 

@@ -20,9 +20,9 @@ continuation/psnr,             the last ``T - context_frames`` frames generated 
 trajectory_error               from the first ``context_frames``
 tokenizer/video_psnr, _ssim,   encode + decode of test clips                    blank frames; another clip's audio
 audio_si_snr
-tokenizer/recon_{digit,color,  the t2v / v2a probes on those reconstructions:   chance, as for t2v / v2a
+tokenizer_recon/{digit,color,  the t2v / v2a probes on those reconstructions:   chance, as for t2v / v2a
 direction,pitch}_accuracy,     the ceiling the tokenizers put on generation
-recon_click_f1
+click_f1
 lm/loss_<task>                 token NLL on the shards' test split (if given)   uniform over the output's codes
 align/{t2v,v2t,v2a,a2v}_R@k,   zero-shot retrieval with the alignment head      random ranking (k/N, (N+1)/2)
 _median_rank                   (models trained with ``alignment.weight``)

@@ -84,7 +84,6 @@ class StreamConv1d(nn.Module):
             return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
         return self.conv(x[..., : (n - 1) * self.stride + self.effective_kernel])
 
-
     def _whole(self, x: torch.Tensor) -> torch.Tensor:
         """The whole-signal pass, padding inside the convolution instead of copying a padded input.
 

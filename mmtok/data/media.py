@@ -590,8 +590,10 @@ def write_gif(path: str | os.PathLike, frames: Any, fps: float) -> Path:
 
 
 def write_image(path: str | os.PathLike, image: Any) -> Path:
-    """Write one uint8 ``[H, W, 3]`` image (PNG for a ``.png`` path) with PyAV, atomically."""
+    """Write one uint8 ``[H, W, 3]`` image as a PNG file (the path must end in ``.png``) with PyAV, atomically."""
     path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"write_image writes PNG: the path must end in .png, got {path.name!r}")
     image = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must be uint8 [H, W, 3], got shape {image.shape}")

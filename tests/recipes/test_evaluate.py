@@ -152,10 +152,10 @@ def test_tokenizer_reconstruction_perfect_and_baselines(clips):
 def test_tokenizer_reconstruction_ceiling_of_a_perfect_tokenizer_is_the_probe_on_ground_truth(clips, probe):
     metrics = {m.name: m for m in tokenizer_reconstruction(_Bundle(), clips[:4], batch_size=2, probe=probe)}
     for key in ("digit", "color", "direction", "pitch"):
-        m = metrics[f"tokenizer/recon_{key}_accuracy"]
+        m = metrics[f"tokenizer_recon/{key}_accuracy"]
         assert m.n == 4 and m.value == pytest.approx(m.reference)   # identity reconstructions read as the originals
         assert m.baseline < 0.2
-    assert metrics["tokenizer/recon_click_f1"].value == pytest.approx(metrics["tokenizer/recon_click_f1"].reference)
+    assert metrics["tokenizer_recon/click_f1"].value == pytest.approx(metrics["tokenizer_recon/click_f1"].reference)
 
 
 def test_metric_json_and_table():

@@ -213,6 +213,8 @@ def test_write_image_round_trip_and_shape_error(tmp_path):
     np.testing.assert_array_equal(back[0], image)            # PNG is lossless
     with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
         write_image(tmp_path / "bad.png", image[..., 0])
+    with pytest.raises(ValueError, match=r"must end in \.png"):
+        write_image(tmp_path / "img.jpg", image)
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
