@@ -45,10 +45,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -787,6 +788,19 @@ def _pad_rows(rows: Sequence[Sequence[int]] | torch.Tensor, pad_id: int) -> torc
     return out
 
 
+@contextlib.contextmanager
+def _eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put ``modules`` in eval mode for the block and restore each one's own training flag afterwards."""
+    flags = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, flag in zip(modules, flags):
+            m.train(flag)
+
+
 @torch.no_grad()
 def _embed_all(fn: Callable[..., torch.Tensor], model: nn.Module, ids: torch.Tensor, batch_size: int,
                **kw: Any) -> torch.Tensor:
@@ -813,10 +827,7 @@ def zero_shot_retrieval(model: nn.Module, video_ids: Any, *, audio_ids: Any = No
     from mmtok.metrics import retrieval_metrics
 
     head = _head(model, head)
-    was_training = (model.training, head.training)
-    model.eval()
-    head.eval()
-    try:
+    with _eval_mode(model, head):
         video_ids = _flatten_codes(video_ids, "video")
         n = video_ids.shape[0]
         out: dict[str, float] = {}
@@ -848,9 +859,6 @@ def zero_shot_retrieval(model: nn.Module, video_ids: Any, *, audio_ids: Any = No
         if audio_ids is None and text_ids is None:
             raise ValueError("pass audio_ids and/or text_ids to retrieve against")
         return out
-    finally:
-        model.train(was_training[0])
-        head.train(was_training[1])
 
 
 def zero_shot_classification(model: nn.Module, video_ids: Any, labels: Sequence[int] | torch.Tensor,
@@ -867,10 +875,7 @@ def zero_shot_classification(model: nn.Module, video_ids: Any, labels: Sequence[
         ``{"accuracy", "chance" (1 / classes), "predictions" [N] tensor}``.
     """
     head = _head(model, head)
-    was_training = (model.training, head.training)
-    model.eval()
-    head.eval()
-    try:
+    with _eval_mode(model, head):
         video_ids = _flatten_codes(video_ids, "video")
         labels = torch.as_tensor(labels).long().flatten()
         if labels.shape[0] != video_ids.shape[0]:
@@ -886,6 +891,3 @@ def zero_shot_classification(model: nn.Module, video_ids: Any, labels: Sequence[
         predictions = similarity(v, t).argmax(dim=1)  # [N]
         return {"accuracy": float((predictions == labels).float().mean()), "chance": 1.0 / classes,
                 "predictions": predictions}
-    finally:
-        model.train(was_training[0])
-        head.train(was_training[1])
