@@ -7,10 +7,15 @@ Cases (each in a fresh child process, so peak memory is the case's own):
     demo          mmtok's ``demo`` preset (16 kHz, 25 Hz) at all 8 levels
 Each case encodes and then decodes ``--seconds`` of mono audio (batch 1) after a warm-up, ``--repeats`` times, and
 reports the median encode and decode times, the real-time factor (audio seconds per second of encode + decode) and
-the peak resident memory the calls added over what the process held once the model and input were built. ``demo_batch`` also
-times the demo preset on a batch of 16 Moving-Digits-length clips (2.125 s), the shape ``make demo`` tokenizes.
+the peak resident memory the calls added over what the process held once the model and input were built.
+``demo_batch`` also times the demo preset on a batch of 16 Moving-Digits-length clips (2.125 s), the shape
+``make demo`` tokenizes.
 
-    python bench/audio_tokenizer.py [--seconds 10] [--repeats 3] [--threads 2]
+The cases run ``--rounds`` times, interleaved (every case once per round, each time in a new process), and the
+medians are taken over all rounds: on a shared machine the load drifts over minutes, and interleaving lets both
+sides of a ratio see the same drift. The JSON keeps every round's figures and ratio.
+
+    python bench/audio_tokenizer.py [--seconds 10] [--repeats 5] [--rounds 3] [--threads 2]
 Writes bench/results/audio_tokenizer.json.
 """
 
@@ -20,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -34,8 +40,6 @@ def _rss_mib() -> float:
 
 
 def run_case(case: str, seconds: float, repeats: int, threads: int) -> dict:
-    import statistics
-
     import torch
 
     torch.set_num_threads(threads)
@@ -87,34 +91,51 @@ def run_case(case: str, seconds: float, repeats: int, threads: int) -> dict:
             t2 = time.perf_counter()
             enc_t.append(t1 - t0)
             dec_t.append(t2 - t1)
-    enc_s, dec_s = statistics.median(enc_t), statistics.median(dec_t)
-    audio = batch * seconds
     return {"case": case, "params_m": round(n_params / 1e6, 2), "sample_rate": sr, "batch": batch,
-            "audio_seconds": audio, "levels": levels, "encode_ms": round(enc_s * 1e3, 1),
+            "audio_seconds": batch * seconds, "levels": levels, "encode_s": enc_t, "decode_s": dec_t,
+            "peak_mem_mib": round(max(_rss_mib() - base, 0.0), 1), "threads": threads}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """One case's rounds -> medians over every timed call of every round."""
+    enc_s = statistics.median(t for r in runs for t in r["encode_s"])
+    dec_s = statistics.median(t for r in runs for t in r["decode_s"])
+    audio = runs[0]["audio_seconds"]
+    keep = ("case", "params_m", "sample_rate", "batch", "audio_seconds", "levels", "threads")
+    return {**{k: runs[0][k] for k in keep}, "rounds": len(runs), "encode_ms": round(enc_s * 1e3, 1),
             "decode_ms": round(dec_s * 1e3, 1), "rtf": round(audio / (enc_s + dec_s), 1),
             "encode_rtf": round(audio / enc_s, 1), "decode_rtf": round(audio / dec_s, 1),
-            "peak_mem_mib": round(max(_rss_mib() - base, 0.0), 1), "threads": threads}
+            "peak_mem_mib": statistics.median(r["peak_mem_mib"] for r in runs)}
+
+
+def round_ms(run: dict) -> float:
+    """One round's median encode + decode time, ms."""
+    return round((statistics.median(run["encode_s"]) + statistics.median(run["decode_s"])) * 1e3, 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)   # child-process mode
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args.seconds, args.repeats, args.threads)))
         return
-    rows = []
-    for case in CASES:
-        out = subprocess.run([sys.executable, __file__, "--case", case, "--seconds", str(args.seconds),
-                              "--repeats", str(args.repeats), "--threads", str(args.threads)],
-                             capture_output=True, text=True, env={**os.environ, "MMTOK_PROGRESS": "0"})
-        if out.returncode != 0:
-            rows.append({"case": case, "error": out.stderr.strip().splitlines()[-1:]})
-            continue
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    runs: dict[str, list[dict]] = {case: [] for case in CASES}
+    errors: dict[str, list[str]] = {}
+    for _ in range(args.rounds):
+        for case in CASES:
+            out = subprocess.run([sys.executable, __file__, "--case", case, "--seconds", str(args.seconds),
+                                  "--repeats", str(args.repeats), "--threads", str(args.threads)],
+                                 capture_output=True, text=True, env={**os.environ, "MMTOK_PROGRESS": "0"})
+            if out.returncode != 0:
+                errors[case] = out.stderr.strip().splitlines()[-1:]
+                continue
+            runs[case].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = [summarize(runs[case]) if runs[case] else {"case": case, "error": errors.get(case)} for case in CASES]
     by = {r["case"]: r for r in rows}
     ratios = {}
     if "rtf" in by.get("encodec_24k", {}) and "rtf" in by.get("hf_encodec", {}):
@@ -122,7 +143,9 @@ def main() -> None:
         ratios = {"speed_vs_hf_encodec": round(ours["rtf"] / peer["rtf"], 2),
                   "encode_speed_vs_hf_encodec": round(peer["encode_ms"] / ours["encode_ms"], 2),
                   "decode_speed_vs_hf_encodec": round(peer["decode_ms"] / ours["decode_ms"], 2),
-                  "peak_mem_vs_hf_encodec": round(ours["peak_mem_mib"] / max(peer["peak_mem_mib"], 1e-6), 2)}
+                  "peak_mem_vs_hf_encodec": round(ours["peak_mem_mib"] / max(peer["peak_mem_mib"], 1e-6), 2),
+                  "speed_vs_hf_encodec_per_round": [round(round_ms(p) / round_ms(o), 2)
+                                                    for o, p in zip(runs["encodec_24k"], runs["hf_encodec"])]}
     header = f"{'case':<12} {'params':>7} {'audio s':>8} {'enc ms':>8} {'dec ms':>8} {'RTF':>7} {'peak MiB':>9}"
     print(header)
     for r in rows:
@@ -135,7 +158,9 @@ def main() -> None:
         print(f"{k}: {v}")
     load = os.getloadavg()[0]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"rows": rows, "ratios": ratios, "load_average_1min": load,
+    rounds = {case: [{"encode_decode_ms": round_ms(r), "peak_mem_mib": r["peak_mem_mib"]} for r in case_runs]
+              for case, case_runs in runs.items()}
+    RESULTS.write_text(json.dumps({"rows": rows, "ratios": ratios, "rounds": rounds, "load_average_1min": load,
                                    "seconds": args.seconds, "repeats": args.repeats, "threads": args.threads},
                                   indent=1) + "\n")
     print(f"(1-minute load average during the run: {load:.1f} on {os.cpu_count()} cores) -> {RESULTS}")

@@ -47,13 +47,61 @@ StreamState = dict
 
 
 # ------------------------------------------------------------------------------------------------------ building blocks
+# oneDNN's conv with an in-place add post-op (``other += conv(x)``), the op torch.compile fuses residual adds into;
+# a private op, hence the fallback to conv + add where this torch lacks it.
+def _fused_conv_add_op():
+    try:
+        return torch.ops.mkldnn._convolution_pointwise_.binary if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_FUSED_CONV_ADD = _fused_conv_add_op()
+
+
+def time_major(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, L]`` with the same values, stored time-major (``[B, L, C]`` in memory); a no-op when it already is.
+
+    Every conv of the codec runs in this layout: oneDNN's channels-last kernels neither reorder their input nor
+    their output, so a conv costs its arithmetic and not two layout copies (which made up about half of the
+    codec's time in the plain ``[B, C, L]`` layout). Elementwise ops keep the layout, and the encoder's latent
+    ``[B, D, F]`` transposes for free to the channel-last ``[B, F, D]`` the residual VQ takes.
+    """
+    if x.transpose(1, 2).is_contiguous():
+        return x
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _as_4d(x: torch.Tensor) -> torch.Tensor:
+    # [B, C, L] -> [B, C, 1, L] in channels-last memory (a view when x is time-major; batch 1 slices are too)
+    x = x.unsqueeze(2)
+    return x if x.is_contiguous(memory_format=torch.channels_last) else x.contiguous(memory_format=torch.channels_last)
+
+
+def inference_weight(module: nn.Module, conv: nn.Module) -> torch.Tensor:
+    """``conv.weight`` (weight norm applied) as ``[O, I, 1, K]`` channels-last, the layout oneDNN's channels-last
+    kernels read; kept on ``module`` for later no-grad calls until a parameter of ``conv`` changes (its storage or
+    version), so encoding, decoding and above all streaming small chunks do not redo the weight norm every call."""
+    try:
+        key = tuple((p.data_ptr(), p._version) for p in conv.parameters())
+    except RuntimeError:                                  # inference-mode parameters keep no version: do not cache
+        key = None
+    cached = module.__dict__.get("_inference_weight")
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1]
+    weight = conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    if key is not None:
+        module.__dict__["_inference_weight"] = (key, weight)   # a plain attribute: never in the state dict
+    return weight
+
+
 class StreamConv1d(nn.Module):
     """``Conv1d`` (optionally weight-normalized) with causal or centred padding and a streaming mode.
 
     Total padding is ``effective_kernel - stride``, all on the left when causal, so an input of ``L = k * stride``
     samples gives exactly ``k`` outputs and output ``t`` sees inputs ``< (t + 1) * stride``.
     With a ``state`` dict the conv instead prepends what it kept from the previous chunk (initially the causal zero
-    padding), emits every complete window and keeps the rest.
+    padding), emits every complete window and keeps the rest. Outputs are time-major (see :func:`time_major`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,
@@ -63,6 +111,7 @@ class StreamConv1d(nn.Module):
         self.conv = parametrizations.weight_norm(conv) if weight_norm else conv
         self.causal = causal
         self.stride = stride
+        self.dilation = dilation
         self.effective_kernel = (kernel_size - 1) * dilation + 1
         self.padding_total = self.effective_kernel - stride
         if self.padding_total < 0:
@@ -73,16 +122,29 @@ class StreamConv1d(nn.Module):
         if state is None:
             return self._whole(x)
         if self.padding_total == 0 and self.stride == 1:    # 1x1 conv: nothing to carry
-            return self.conv(x) if x.shape[-1] else x.new_zeros(x.shape[0], self.conv.out_channels, 0)
+            return self._conv(x, 0) if x.shape[-1] else x.new_zeros(x.shape[0], self.conv.out_channels, 0)
         buffer = state.get(self)
         if buffer is None:                                  # the causal left padding
             buffer = x.new_zeros(x.shape[0], x.shape[1], self.padding_total)
-        x = torch.cat([buffer, x], dim=-1)                  # [B, C_in, kept + L]
+        x = torch.cat([buffer.transpose(1, 2), x.transpose(1, 2)], dim=1).transpose(1, 2)   # [B, C_in, kept + L]
         n = (x.shape[-1] - self.effective_kernel) // self.stride + 1 if x.shape[-1] >= self.effective_kernel else 0
         state[self] = x[..., n * self.stride:]
         if n == 0:
             return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
-        return self.conv(x[..., : (n - 1) * self.stride + self.effective_kernel])
+        return self._conv(x[..., : (n - 1) * self.stride + self.effective_kernel], 0)
+
+    def add_into(self, out: torch.Tensor, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        """``out += self(x, state)`` in place, and returns ``out``. Without autograd a 1x1 conv fuses the add
+        (oneDNN's conv with an add post-op): its output is never made."""
+        fusable = self.effective_kernel == 1 and self.stride == 1 and self.conv.in_channels > 1
+        if fusable and not torch.is_grad_enabled() and _FUSED_CONV_ADD is not None and x.shape[-1] \
+                and out.shape == (x.shape[0], self.conv.out_channels, x.shape[-1]):
+            target = out.unsqueeze(2)                                   # [B, C_out, 1, L]
+            if target.is_contiguous(memory_format=torch.channels_last):
+                _FUSED_CONV_ADD(target, _as_4d(x), inference_weight(self, self.conv), self.conv.bias,
+                                [0, 0], [1, 1], [1, 1], 1, "add", None, None, [], None)
+                return out
+        return out.add_(self(x, state))
 
     def _whole(self, x: torch.Tensor) -> torch.Tensor:
         """The whole-signal pass, padding inside the convolution instead of copying a padded input.
@@ -96,9 +158,49 @@ class StreamConv1d(nn.Module):
         left = self.padding_total if self.causal else self.padding_total - self.padding_total // 2
         length = x.shape[-1] + self.padding_total                       # the padded length of F.pad
         n = (length - self.effective_kernel) // self.stride + 1 if length >= self.effective_kernel else 0
-        conv = self.conv
-        y = F.conv1d(x, conv.weight, conv.bias, self.stride, left, conv.dilation)  # [B, C_out, >= n]
+        y = self._conv(x, left)                                         # [B, C_out, >= n]
         return y[..., :n] if y.shape[-1] != n else y
+
+    def _conv(self, x: torch.Tensor, padding: int) -> torch.Tensor:
+        # x: [B, C_in, L] -> [B, C_out, n = (L + 2 * padding - effective_kernel) // stride + 1], time-major unless
+        # training; ``padding`` zeros on both sides.
+        conv = self.conv
+        if torch.is_grad_enabled():
+            # Training keeps the channel-first layout: its backward would otherwise shuttle gradients between layouts.
+            weight = conv.weight                                        # [C_out, C_in, K] (weight norm applied)
+            if conv.in_channels == 1:
+                return self._one_input_channel(x, weight, padding)
+            return F.conv1d(x, weight, conv.bias, self.stride, padding, self.dilation)
+        weight = inference_weight(self, conv)                           # [C_out, C_in, 1, K] channels-last
+        if conv.in_channels == 1:
+            return self._one_input_channel(x, weight.squeeze(2), padding)
+        if conv.out_channels < 4 and self.stride == 1:
+            return self._few_output_channels(x, weight.squeeze(2), padding)
+        y = F.conv2d(_as_4d(x), weight, conv.bias, (1, self.stride), (0, padding), (1, self.dilation))
+        return y.squeeze(2)                                             # [B, C_out, n]
+
+    def _one_input_channel(self, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+        # SEANet's first conv: oneDNN runs a one-channel input channel-first and slowly, so gather the windows
+        # (im2col, K values per output) and make the time-major output with one matmul.
+        x = F.pad(x[:, 0], (padding, padding))                          # [B, L + 2p]
+        windows = x.unfold(-1, self.effective_kernel, self.stride)[..., :: self.dilation]   # [B, n, K]
+        y = torch.addmm(self.conv.bias, windows.flatten(0, 1), weight[:, 0].t())           # [B * n, C_out]
+        return y.view(x.shape[0], -1, self.conv.out_channels).transpose(1, 2)
+
+    def _few_output_channels(self, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+        # SEANet's last conv (to one channel), stride 1: oneDNN is slow with so few outputs, so one matmul gives
+        # every tap's contribution y[t, j] = w_j . x[t], and output t sums y[t - p + j * dilation, j] over taps j.
+        b, c, length = x.shape
+        k, o, d = weight.shape[-1], self.conv.out_channels, self.dilation
+        y = torch.matmul(x.transpose(1, 2), weight.permute(1, 2, 0).reshape(c, k * o)).view(b, length, k, o)
+        n = length + 2 * padding - self.effective_kernel + 1
+        out = self.conv.bias.expand(b, n, o).clone()                    # [B, n, C_out]
+        for j in range(k):
+            shift = j * d - padding                                     # input index = output index + shift
+            lo, hi = max(0, -shift), min(n, length - shift)
+            if lo < hi:
+                out[:, lo:hi] += y[:, lo + shift: hi + shift, j]
+        return out.transpose(1, 2)
 
 
 class StreamConvTranspose1d(nn.Module):
@@ -124,16 +226,23 @@ class StreamConvTranspose1d(nn.Module):
         if t == 0:
             return x.new_zeros(x.shape[0], self.convtr.out_channels, 0)
         if state is None:
-            y = F.conv_transpose1d(x, self.convtr.weight, self.convtr.bias, stride=self.stride)  # [B, C_out, (T-1)s+k]
+            y = self._conv_transpose(x, self.convtr.bias)                # [B, C_out, (T-1)s+k]
             left = 0 if self.causal else self.trim - self.trim // 2
             return y[..., left: left + t * self.stride]
         # Streaming: add the previous chunk's tail, emit T*s samples, keep the new tail (bias added once, on emit).
-        y = F.conv_transpose1d(x, self.convtr.weight, None, stride=self.stride)
+        y = self._conv_transpose(x, None)                               # [B, C_out, (T+1)s], a fresh tensor
         tail = state.get(self)
         if tail is not None:
-            y = torch.cat([y[..., : self.trim] + tail, y[..., self.trim:]], dim=-1)
+            y[..., : self.trim] += tail
         state[self] = y[..., t * self.stride:]
-        return y[..., : t * self.stride] + self.convtr.bias[:, None]
+        return y[..., : t * self.stride].add_(self.convtr.bias[:, None])   # disjoint from the kept tail
+
+    def _conv_transpose(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # x: [B, C_in, T] -> [B, C_out, (T - 1) * stride + kernel], time-major
+        if torch.is_grad_enabled():                                     # training: channel-first, as in _conv
+            return F.conv_transpose1d(x, self.convtr.weight, bias, stride=self.stride)
+        y = F.conv_transpose2d(_as_4d(x), inference_weight(self, self.convtr), bias, stride=(1, self.stride))
+        return y.squeeze(2)
 
 
 class ResidualUnit(nn.Module):
@@ -148,10 +257,17 @@ class ResidualUnit(nn.Module):
         self.shortcut = StreamConv1d(channels, channels, 1, **kw) if config.conv_shortcut else None
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
-        # x: [B, C, L] -> [B, C, L]
-        h = self.conv2(F.elu(self.conv1(F.elu(x), state)), state)
+        # x: [B, C, L] -> [B, C, L]. At full sample rate every fresh tensor is tens of MB, so ELUs and the residual
+        # add work in place wherever nothing needs what they overwrite: the ELU of conv1's output always; without
+        # autograd also the ELU of x once the shortcut has read it, and the skip, into which conv2 adds its output
+        # (these overwrite the caller's x: the encoder and decoder hand each tensor to one unit only).
+        inference = not torch.is_grad_enabled()
         skip = x if self.shortcut is None else self.shortcut(x, state)
-        return skip + h
+        h = F.elu(x, inplace=inference and self.shortcut is not None)
+        h = F.elu(self.conv1(h, state), inplace=True)
+        if inference:
+            return self.conv2.add_into(skip, h, state)                  # skip += conv2(h)
+        return self.conv2(h, state).add_(skip)
 
 
 class StreamLSTM(nn.Module):
@@ -228,10 +344,10 @@ class SEANetEncoder(nn.Module):
         for stage in self.stages:
             for unit in stage.res:
                 x = unit(x, state)
-            x = stage.down(F.elu(x), state)                          # [B, 2C, N / stride]
+            x = stage.down(F.elu(x, inplace=True), state)  # [B, 2C, N / stride]
         if self.lstm is not None:
             x = self.lstm(x, state)
-        return self.conv_out(F.elu(x), state)                        # [B, dimension, F]
+        return self.conv_out(F.elu(x, inplace=True), state)  # [B, dimension, F]
 
 
 class SEANetDecoder(nn.Module):
@@ -257,10 +373,10 @@ class SEANetDecoder(nn.Module):
         if self.lstm is not None:
             x = self.lstm(x, state)
         for stage in self.stages:
-            x = stage.up(F.elu(x), state)                            # [B, C/2, F * stride]
+            x = stage.up(F.elu(x, inplace=True), state)  # [B, C/2, F * stride]
             for unit in stage.res:
                 x = unit(x, state)
-        x = self.conv_out(F.elu(x), state)                           # [B, p, F * hop / p]
+        x = self.conv_out(F.elu(x, inplace=True), state)  # [B, p, F * hop / p]
         return unpatchify(x) if x.shape[1] > 1 else x                # [B, 1, F * hop]
 
 
