@@ -338,3 +338,97 @@ def test_conv_pads_inside_the_kernel_like_an_explicit_pad(causal, kernel, stride
     out = conv(x)
     assert out.shape == expected.shape == (2, 5, 80 // stride)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------- the time-major inference path
+# Without autograd the codec runs its convs time-major (channels-last oneDNN kernels, matmul forms for one input or
+# few output channels, a fused 1x1 conv + residual add, cached weights); training keeps plain F.conv1d. Both must
+# compute the same function.
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("channels,kernel,stride,dilation", [
+    ((6, 5), 7, 1, 1), ((6, 5), 3, 1, 9), ((6, 5), 4, 2, 1), ((6, 5), 1, 1, 1),
+    ((1, 8), 7, 1, 1), ((1, 8), 4, 2, 1), ((1, 8), 3, 1, 2),          # one input channel: im2col + matmul
+    ((8, 1), 7, 1, 1), ((8, 2), 3, 1, 3), ((8, 1), 1, 1, 1)])        # few output channels: per-tap matmul
+def test_inference_conv_equals_the_training_conv(causal, channels, kernel, stride, dilation):
+    from mmtok.audio.modeling_audio import StreamConv1d
+
+    torch.manual_seed(0)
+    conv = StreamConv1d(*channels, kernel, stride=stride, dilation=dilation, causal=causal)
+    x = torch.randn(2, channels[0], 80)
+    expected = conv(x)                                             # autograd on: F.conv1d, channel-first
+    with torch.no_grad():
+        out = conv(x)
+        again = conv(x)                                            # served from the cached inference weight
+    assert out.shape == expected.shape == (2, channels[1], 80 // stride)
+    assert out.stride(1) == 1                                      # time-major: channels innermost
+    torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(again, out)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_inference_transposed_conv_equals_the_training_one(causal):
+    from mmtok.audio.modeling_audio import StreamConvTranspose1d
+
+    torch.manual_seed(0)
+    up = StreamConvTranspose1d(6, 4, stride=3, causal=causal)
+    x = torch.randn(2, 6, 11)
+    expected = up(x)
+    with torch.no_grad():
+        out = up(x)
+    assert out.shape == expected.shape == (2, 4, 33)
+    torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_conv_add_equals_conv_then_add():
+    from mmtok.audio.modeling_audio import StreamConv1d, time_major
+
+    torch.manual_seed(0)
+    conv = StreamConv1d(8, 6, 1)
+    x, out = time_major(torch.randn(1, 8, 50)), time_major(torch.randn(1, 6, 50))
+    expected = out + conv(x).detach()
+    with torch.no_grad():
+        result = conv.add_into(out, x)
+    assert result is out                                           # in place
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError):                              # a shape that cannot take the sum
+        with torch.no_grad():
+            conv.add_into(torch.zeros(1, 6, 49), x)
+
+
+def test_inference_weights_follow_parameter_updates(tmp_path):
+    """The cached inference weights are dropped when a parameter changes: in place (an optimizer step) or by
+    loading other weights."""
+    torch.manual_seed(0)
+    tok = AudioTokenizer.from_preset("debug", lstm_layers=1, conv_shortcut=True, kmeans_init=False).eval()
+    wav = tone(1024, batch=2) + 0.05 * torch.randn(2, 1, 1024)
+    codes = tok.encode(wav)
+    latent = tok.encoder(tok.preprocess(wav)).detach()             # the training path, as reference
+    with torch.no_grad():
+        torch.testing.assert_close(tok.encoder(tok.preprocess(wav)), latent, rtol=1e-4, atol=1e-5)
+        for p in tok.encoder.parameters():                         # an in-place update, like optimizer.step()
+            p.mul_(1.5)
+        changed = tok.encoder(tok.preprocess(wav))
+    torch.testing.assert_close(changed, tok.encoder(tok.preprocess(wav)).detach(), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(changed, latent, atol=1e-3)
+    other = AudioTokenizer.from_preset("debug", lstm_layers=1, conv_shortcut=True, kmeans_init=False).eval()
+    other.load_state_dict(tok.state_dict())                        # other has cached its own weights first
+    other.encode(wav)
+    fresh = AudioTokenizer.from_preset("debug", lstm_layers=1, conv_shortcut=True, kmeans_init=False).eval()
+    fresh.encode(wav)
+    fresh.load_state_dict(tok.state_dict())
+    assert torch.equal(fresh.encode(wav), other.encode(wav)) and torch.equal(other.encode(wav), tok.encode(wav))
+    assert not torch.equal(tok.encode(wav), codes)
+
+
+def test_encode_and_decode_leave_their_inputs_untouched():
+    """Inference overwrites activations in place; never the caller's waveform or codes."""
+    torch.manual_seed(0)
+    for overrides in (dict(), dict(patch_size=2), dict(conv_shortcut=True, lstm_layers=1)):
+        tok = AudioTokenizer.from_preset("debug", kmeans_init=False, **overrides).eval()
+        wav = tone(tok.hop_length * 8, batch=2)
+        kept = wav.clone()
+        codes = tok.encode(wav)
+        assert torch.equal(wav, kept)
+        kept_codes = codes.clone()
+        tok.decode(codes)
+        assert torch.equal(codes, kept_codes)
