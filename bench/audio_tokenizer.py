@@ -11,12 +11,18 @@ the peak resident memory the calls added over what the process held once the mod
 ``demo_batch`` also times the demo preset on a batch of 16 Moving-Digits-length clips (2.125 s), the shape
 ``make demo`` tokenizes.
 
-The cases run ``--rounds`` times, interleaved (every case once per round, each time in a new process), and the
-medians are taken over all rounds: on a shared machine the load drifts over minutes, and interleaving lets both
-sides of a ratio see the same drift. The JSON keeps every round's figures and ratio.
+The cases run ``--rounds`` times, interleaved (every case once per round, each time in a new process, the order
+reversed every other round), and the medians are taken over all rounds: on a shared machine the load drifts over
+minutes, and interleaving lets both sides of a ratio see the same drift. Each process also lands in its own glibc
+allocator regime (whether freed tens-of-MB tensors are reused or re-faulted), which moves a case by 10-30% from
+one process to the next; the JSON keeps every round's figures and ratio.
 
-    python bench/audio_tokenizer.py [--seconds 10] [--repeats 5] [--rounds 3] [--threads 2]
-Writes bench/results/audio_tokenizer.json.
+``--malloc-reuse`` runs every process with glibc told to keep freed memory (``MALLOC_MMAP_THRESHOLD_`` and
+``MALLOC_TRIM_THRESHOLD_`` set high, as jemalloc or tcmalloc would behave): no page faults on either side, so the
+ratio is that of the arithmetic alone.
+
+    python bench/audio_tokenizer.py [--seconds 10] [--repeats 5] [--rounds 3] [--threads 2] [--malloc-reuse]
+Writes bench/results/audio_tokenizer.json (audio_tokenizer_malloc_reuse.json with --malloc-reuse).
 """
 
 from __future__ import annotations
@@ -119,18 +125,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--malloc-reuse", action="store_true",
+                        help="keep freed memory in every process (no page faults): the arithmetic alone")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)   # child-process mode
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args.seconds, args.repeats, args.threads)))
         return
+    env = {**os.environ, "MMTOK_PROGRESS": "0"}
+    if args.malloc_reuse:
+        env.update(MALLOC_MMAP_THRESHOLD_="4294967296", MALLOC_TRIM_THRESHOLD_="68719476736")
+    results = RESULTS.with_name("audio_tokenizer_malloc_reuse.json") if args.malloc_reuse else RESULTS
     runs: dict[str, list[dict]] = {case: [] for case in CASES}
     errors: dict[str, list[str]] = {}
-    for _ in range(args.rounds):
-        for case in CASES:
+    for r in range(args.rounds):
+        for case in (CASES if r % 2 == 0 else CASES[::-1]):           # alternate the order: drift cancels
             out = subprocess.run([sys.executable, __file__, "--case", case, "--seconds", str(args.seconds),
                                   "--repeats", str(args.repeats), "--threads", str(args.threads)],
-                                 capture_output=True, text=True, env={**os.environ, "MMTOK_PROGRESS": "0"})
+                                 capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 errors[case] = out.stderr.strip().splitlines()[-1:]
                 continue
@@ -157,13 +169,14 @@ def main() -> None:
     for k, v in ratios.items():
         print(f"{k}: {v}")
     load = os.getloadavg()[0]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results.parent.mkdir(parents=True, exist_ok=True)
     rounds = {case: [{"encode_decode_ms": round_ms(r), "peak_mem_mib": r["peak_mem_mib"]} for r in case_runs]
               for case, case_runs in runs.items()}
-    RESULTS.write_text(json.dumps({"rows": rows, "ratios": ratios, "rounds": rounds, "load_average_1min": load,
+    results.write_text(json.dumps({"rows": rows, "ratios": ratios, "rounds": rounds, "load_average_1min": load,
+                                   "malloc_reuse": args.malloc_reuse,
                                    "seconds": args.seconds, "repeats": args.repeats, "threads": args.threads},
                                   indent=1) + "\n")
-    print(f"(1-minute load average during the run: {load:.1f} on {os.cpu_count()} cores) -> {RESULTS}")
+    print(f"(1-minute load average during the run: {load:.1f} on {os.cpu_count()} cores) -> {results}")
 
 
 if __name__ == "__main__":

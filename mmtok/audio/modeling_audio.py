@@ -71,8 +71,8 @@ def time_major(x: torch.Tensor) -> torch.Tensor:
     """``[B, C, L]`` with the same values, stored time-major (``[B, L, C]`` in memory); a no-op when it already is.
 
     Every conv of the codec runs in this layout: oneDNN's channels-last kernels neither reorder their input nor
-    their output, so a conv costs its arithmetic and not two layout copies (which made up about half of the
-    codec's time in the plain ``[B, C, L]`` layout). Elementwise ops keep the layout, and the encoder's latent
+    their output, so a conv costs its arithmetic and not two layout copies (about half of a conv's time in the
+    plain ``[B, C, L]`` layout). Elementwise ops keep the layout, and the encoder's latent
     ``[B, D, F]`` transposes for free to the channel-last ``[B, F, D]`` the residual VQ takes.
     """
     if x.transpose(1, 2).is_contiguous():
