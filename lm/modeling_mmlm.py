@@ -21,6 +21,7 @@ causal attention already keeps real tokens from seeing it and no ``attention_mas
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -43,6 +44,12 @@ from transformers.utils.output_capturing import capture_outputs
 
 from lm import alignment as _alignment
 from lm.configuration_mmlm import MMLMConfig
+
+# transformers 5.24 renamed the KV cache argument from past_key_values to cache (the old name warns until 5.40);
+# the layers and the mask builder get it under the name the installed version takes.
+_CACHE_KW = "cache" if "cache" in inspect.signature(LlamaDecoderLayer.forward).parameters else "past_key_values"
+_MASK_CACHE_KW = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+_OUTPUT_CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 IGNORE_INDEX = -100
 
@@ -78,7 +85,8 @@ def prefix_lm_mask(prefix_len: torch.Tensor, q_len: int, kv_len: int | None = No
 class MMLMCausalLMOutput(CausalLMOutputWithPast):
     """:class:`~transformers.modeling_outputs.CausalLMOutputWithPast` plus per-modality statistics.
 
-    Attributes (beyond the parent's ``loss``, ``logits``, ``past_key_values``, ``hidden_states``, ``attentions``):
+    Attributes (beyond the parent's ``loss``, ``logits``, ``past_key_values`` (``cache`` from transformers 5.24 on),
+    ``hidden_states``, ``attentions``):
         modality_nll: ``{modality: mean NLL (nats) of the loss-masked target tokens in its id range}`` (detached;
             ``nan`` where the batch has no such target).
         modality_tokens: ``{modality: number of those targets}`` (0-d int64 tensors), so callers can average
@@ -100,7 +108,7 @@ class MMLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LlamaDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -153,8 +161,8 @@ class MMLMModel(MMLMPreTrainedModel):
             if int(prefix_len.max()) > past:
                 or_mask = prefix_lm_overlay(prefix_len)
         return create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  past_key_values=past_key_values, position_ids=position_ids,
-                                  or_mask_function=or_mask)
+                                  position_ids=position_ids, or_mask_function=or_mask,
+                                  **{_MASK_CACHE_KW: past_key_values})
 
     @merge_with_config_defaults
     @capture_outputs
@@ -167,6 +175,7 @@ class MMLMModel(MMLMPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         prefix_len: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         """Run the decoder.
@@ -179,7 +188,9 @@ class MMLMModel(MMLMPreTrainedModel):
             use_cache: return the (new) cache.
             prefix_len: optional ``[B]`` number of conditioning tokens per row (bidirectional attention over them);
                 ignored when ``config.prefix_lm`` is False.
+            cache: ``past_key_values`` under the name transformers >= 5.24 gives it (its ``generate`` passes this).
         """
+        past_key_values = _one_cache(past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
@@ -198,10 +209,10 @@ class MMLMModel(MMLMPreTrainedModel):
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)  # (cos, sin) [B, L, head_dim]
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask=mask, position_embeddings=position_embeddings,
-                                  position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache,
+                                  position_ids=position_ids, use_cache=use_cache, **{_CACHE_KW: past_key_values},
                                   **kwargs)  # [B, L, H]
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{_OUTPUT_CACHE_FIELD: past_key_values})
 
 
 class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
@@ -272,6 +283,7 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
+        cache: Cache | None = None,
         **kwargs: Any,
     ) -> MMLMCausalLMOutput:
         """Logits, and the loss when ``labels`` or ``loss_mask`` is given.
@@ -293,7 +305,7 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         """
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            past_key_values=_one_cache(past_key_values, cache), inputs_embeds=inputs_embeds, use_cache=use_cache,
             prefix_len=prefix_len, **kwargs)
         hidden_states = outputs.last_hidden_state  # [B, L, H]
 
@@ -309,7 +321,8 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         else:
             logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # [B, L', V]
 
-        return MMLMCausalLMOutput(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+        cache = {_OUTPUT_CACHE_FIELD: getattr(outputs, _OUTPUT_CACHE_FIELD)}
+        return MMLMCausalLMOutput(loss=loss, logits=logits, **cache,
                                   hidden_states=outputs.hidden_states, attentions=outputs.attentions,
                                   modality_nll=modality_nll, modality_tokens=modality_tokens,
                                   num_loss_tokens=num_loss_tokens)
@@ -358,6 +371,13 @@ def _check_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
         raise ValueError(f"input_ids must lie in [0, {vocab_size}) (the model's vocabulary), got values in "
                          f"[{int(input_ids.min())}, {int(input_ids.max())}]: is the data tokenized with another "
                          f"vocabulary?")
+
+
+def _one_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache | None:
+    """The KV cache, whichever name it came under: transformers 5.24 renamed ``past_key_values`` to ``cache``."""
+    if past_key_values is not None and cache is not None and past_key_values is not cache:
+        raise ValueError("pass the KV cache as past_key_values or as cache, not both")
+    return past_key_values if past_key_values is not None else cache
 
 
 def _check_prefix_len(prefix_len: Any, batch: int, total_len: int) -> torch.Tensor:

@@ -216,6 +216,27 @@ def test_kv_cache_generation_equals_no_cache_greedy(with_prefix):
     assert torch.equal(cached, seq)
 
 
+def test_the_kv_cache_is_taken_under_either_name():
+    """transformers 5.24 renamed past_key_values to cache (its generate passes cache=): both names extend the same
+    cache and give the same logits; passing two different caches is an error."""
+    from transformers import DynamicCache
+
+    model = make_model()
+    ids, _, _ = make_batch(batch=2, length=9, seed=4)
+    with torch.no_grad():
+        full = model(ids).logits[:, -1]
+        steps = {}
+        for name in ("past_key_values", "cache"):
+            kv = DynamicCache(config=model.config)
+            model(ids[:, :8], use_cache=True, **{name: kv})
+            steps[name] = model(ids[:, 8:], use_cache=True, **{name: kv}).logits[:, -1]
+            assert kv.get_seq_length() == 9
+    torch.testing.assert_close(steps["cache"], steps["past_key_values"])
+    torch.testing.assert_close(steps["cache"], full, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="not both"):
+        model(ids, past_key_values=DynamicCache(config=model.config), cache=DynamicCache(config=model.config))
+
+
 # --------------------------------------------------------------------------------------------- save / load
 def test_save_pretrained_from_pretrained_round_trip_through_auto_classes(tmp_path):
     model = make_model(vocab_fingerprint="abc123")
