@@ -81,15 +81,15 @@ def time_major(x: torch.Tensor) -> torch.Tensor:
 
 
 def _as_4d(x: torch.Tensor) -> torch.Tensor:
-    # [B, C, L] -> [B, C, 1, L] in channels-last memory (a view when x is time-major; batch 1 slices are too)
-    x = x.unsqueeze(2)
-    return x if x.is_contiguous(memory_format=torch.channels_last) else x.contiguous(memory_format=torch.channels_last)
+    # [B, C, L] -> [B, C, 1, L], channels-last (a view when x is time-major)
+    return time_major(x).unsqueeze(2)
 
 
 def inference_weight(module: nn.Module, conv: nn.Module) -> torch.Tensor:
     """``conv.weight`` (weight norm applied) as ``[O, I, 1, K]`` channels-last, the layout oneDNN's channels-last
     kernels read; kept on ``module`` for later no-grad calls until a parameter of ``conv`` changes (its storage or
-    version), so encoding, decoding and above all streaming small chunks do not redo the weight norm every call."""
+    version), so encoding, decoding and above all streaming small chunks do not redo the weight norm every call.
+    The price is a second copy of the conv weights while the model serves inference."""
     try:
         key = tuple((p.data_ptr(), p._version) for p in conv.parameters())
     except RuntimeError:                                  # inference-mode parameters keep no version: do not cache
