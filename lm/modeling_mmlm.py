@@ -321,8 +321,8 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         else:
             logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # [B, L', V]
 
-        cache = {_OUTPUT_CACHE_FIELD: getattr(outputs, _OUTPUT_CACHE_FIELD)}
-        return MMLMCausalLMOutput(loss=loss, logits=logits, **cache,
+        kv = {_OUTPUT_CACHE_FIELD: getattr(outputs, _OUTPUT_CACHE_FIELD)}   # under the installed version's name
+        return MMLMCausalLMOutput(loss=loss, logits=logits, **kv,
                                   hidden_states=outputs.hidden_states, attentions=outputs.attentions,
                                   modality_nll=modality_nll, modality_tokens=modality_tokens,
                                   num_loss_tokens=num_loss_tokens)
