@@ -86,7 +86,10 @@ class Ours:
         from mmtok.video import VideoTokenizer
         from mmtok.video.losses import LeCamEMA, VideoDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 
-        self.model = VideoTokenizer.from_preset("demo", codebook_size=CODEBOOK)
+        # The peer's setting (17x64x64 -> 5x8x8, LFQ): the demo network's widths with a 4x4 stem and 3D stages.
+        self.model = VideoTokenizer.from_preset(
+            "demo_lfq", codebook_size=CODEBOOK, patch_size=4, spatial_downsample=(True, False),
+            temporal_downsample=(True, True), frame_stages=0)
         self.disc = VideoDiscriminator(channels=32, num_layers=3) if gan else None
         self.lecam = LeCamEMA()
         self._fns = (adaptive_weight, hinge_d_loss, hinge_g_loss)
@@ -260,7 +263,7 @@ def ensure_corpus(corpus: Path | None) -> Path:
 
     corpus = corpus or Path("/tmp/mmtok_bench_corpus")
     if not (corpus / "manifest.jsonl").is_file():
-        generate_corpus(corpus, num_clips=300, seed=0, size=64, num_workers=0, progress=False)
+        generate_corpus(corpus, num_clips=300, seed=0, size=64, num_frames=17, num_workers=0, progress=False)
     return corpus
 
 

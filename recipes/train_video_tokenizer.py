@@ -1,11 +1,12 @@
-"""Train the causal LFQ video tokenizer (mmtok.video) on video files and images.
+"""Train the causal video tokenizer (mmtok.video; LFQ, BSQ or FSQ codes) on video files and images.
 
     python recipes/train_video_tokenizer.py --config recipes/configs/video_tokenizer_demo.yaml
     accelerate launch recipes/train_video_tokenizer.py --config recipes/configs/video_tokenizer_demo.yaml \\
         data.source=corpus/manifest.jsonl train.steps=2000
     python recipes/train_video_tokenizer.py --config ... --resume          # continue the run folder's latest checkpoint
 
-Losses (generator): ``l1 * |x - x^| + l2 * (x - x^)^2`` + the LFQ's entropy (annealed) and commitment loss
+Losses (generator): ``l1 * |x - x^| + l2 * (x - x^)^2`` + the quantizer's auxiliary loss (LFQ / BSQ: entropy,
+annealed, and commitment; FSQ has none)
 + ``perceptual_weight * perceptual`` (a user-supplied TorchScript feature network; off by default) + from
 ``loss.disc_start`` on, ``disc_weight * adaptive_weight * hinge_g`` (VQGAN's adaptive weight). Discriminator: a 3D
 patch discriminator trained with the hinge loss + ``lecam_weight * LeCam``.
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -77,6 +77,8 @@ class DataConfig:
     image_batch_size: int = 0                # > 0: joint image-video training (MAGVIT-v2): every image_every-th
     image_every: int = 2                     # step is a batch of this many single frames from different clips
     max_retries: int = 20                    # other clips tried when one is unreadable
+    cache_mb: int = 1024                     # keep decoded short clips (whole file = one sample) in memory up to
+                                             # this size: a small corpus is decoded once instead of every step
 
 
 @dataclass
@@ -118,7 +120,6 @@ class TrainConfig:
     checkpoint_every: int = 200
     sample_every: int = 200
     keep_checkpoints: int = 2
-    max_minutes: Optional[float] = None      # also stop (with a checkpoint) after this much wall-clock time
 
 
 @dataclass
@@ -180,6 +181,8 @@ class RandomClips:
         self.bad: set[int] = set()
         self.report = BadFileReport(total=len(self.records))
         self._durations: dict[int, float | None] = {}
+        self._decoded: dict[int, np.ndarray] = {}
+        self._decoded_bytes = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -193,6 +196,18 @@ class RandomClips:
                 self._durations[i] = None
         return self._durations[i]
 
+    def _whole_clip(self, i: int) -> np.ndarray:
+        """Record ``i``'s ``cfg.num_frames`` frames, decoded once and kept while the cache has room."""
+        frames = self._decoded.get(i)
+        if frames is None:
+            cfg, record = self.cfg, self.records[i]
+            frames = read_video(record.video, fps=cfg.fps, num_frames=cfg.num_frames, size=cfg.resize or cfg.size,
+                                start=record.start, pad=True)
+            if self._decoded_bytes + frames.nbytes <= cfg.cache_mb * 2 ** 20:
+                self._decoded[i] = frames
+                self._decoded_bytes += frames.nbytes
+        return frames
+
     def load(self, i: int, rng: np.random.Generator | None, num_frames: int | None = None) -> np.ndarray:
         """Record ``i`` -> uint8 ``[T, size, size, 3]`` (random start and crop with ``rng``, else the first frames
         centre-cropped); ``num_frames`` overrides ``cfg.num_frames`` (1: one frame, for image steps). Raises
@@ -205,11 +220,17 @@ class RandomClips:
             frames = np.repeat(frames, n, axis=0)                                     # a still clip
         else:
             start = record.start
-            span = n / cfg.fps
             end = record.end if record.end is not None else self._duration(i)
-            if rng is not None and end is not None and end - start > span + 1e-3:
-                start = start + float(rng.uniform(0, end - start - span))
-            frames = read_video(record.video, fps=cfg.fps, num_frames=n, size=resize, start=start, pad=True)
+            whole = self._whole_clip(i) if end is not None and end - start <= cfg.num_frames / cfg.fps + 1e-3 \
+                else None
+            if whole is not None:   # a short record, decoded once: take the sample's frames from memory
+                first = int(rng.integers(0, len(whole) - n + 1)) if rng is not None and len(whole) > n else 0
+                frames = whole[first:first + n]
+            else:
+                span = n / cfg.fps
+                if rng is not None and end is not None and end - start > span + 1e-3:
+                    start = start + float(rng.uniform(0, end - start - span))
+                frames = read_video(record.video, fps=cfg.fps, num_frames=n, size=resize, start=start, pad=True)
         h, w = frames.shape[1:3]
         if rng is not None:
             y, x = int(rng.integers(0, h - cfg.size + 1)), int(rng.integers(0, w - cfg.size + 1))
@@ -377,7 +398,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ---- loop
     bar = tqdm(total=tc.steps, initial=step, desc="video tokenizer", unit="step",
                disable=not (progress_enabled() and accelerator.is_main_process))
-    started = time.time()
     last: dict[str, Any] = {}
     while step < tc.steps:
         lr = lr_at(step, tc)
@@ -434,8 +454,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             last = {"loss": float(loss.detach()), "rec_loss": float(rec_loss.detach()),
                     "quantizer_loss": float(out.quantizer_loss.detach()),
                     "psnr": batch_psnr, "lr": lr, "data/bad_files": len(data.report), "image_step": int(image_step),
-                    "entropy_weight": raw.quantizer.entropy_weight(),
-                    **{f"lfq/{k}": float(v) for k, v in out.metrics.items()}}
+                    **{f"quantizer/{k}": float(v) for k, v in out.metrics.items()}}
+            if hasattr(raw.quantizer, "entropy_weight"):   # LFQ / BSQ
+                last["quantizer/entropy_weight"] = raw.quantizer.entropy_weight()
             if grad_norm is not None:
                 last["grad_norm"] = float(grad_norm)
             if perceptual is not None:
@@ -447,14 +468,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "logits_fake": float(logits_fake.detach().mean())})
             logger.log(step, last)
             bar.set_postfix(loss=f"{last['loss']:.4f}", psnr=f"{batch_psnr:.2f}")
-        out_of_time = tc.max_minutes is not None and time.time() - started > 60 * tc.max_minutes
-        if step % tc.sample_every == 0 or step == tc.steps or out_of_time:
+        if step % tc.sample_every == 0 or step == tc.steps:
             logger.log(step, {"sample_psnr": write_samples(step)})
-        if step % tc.checkpoint_every == 0 or step == tc.steps or out_of_time:
+        if step % tc.checkpoint_every == 0 or step == tc.steps:
             save_checkpoint(accelerator, run_dir, step, trainer_state(), keep=tc.keep_checkpoints, extra=extra)
-        if out_of_time:
-            accelerator.print(f"stopping at step {step}: train.max_minutes={tc.max_minutes} reached")
-            break
     bar.close()
 
     # ---- export

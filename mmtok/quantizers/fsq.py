@@ -37,21 +37,33 @@ class FSQ(nn.Module):
         self.num_dims = len(levels)
         self.dim = dim if dim is not None else self.num_dims
 
-        lv = torch.tensor(levels, dtype=torch.float32)
-        half_level = (lv - 1) * (1 + eps) / 2
-        offset = (lv % 2 == 0).float() * 0.5              # even levels: a grid shifted by half a step
-        self.register_buffer("_half_level", half_level, persistent=False)
-        self.register_buffer("_offset", offset, persistent=False)
-        self.register_buffer("_shift", torch.atanh(offset / half_level), persistent=False)
-        self.register_buffer("_half_width", torch.div(lv, 2, rounding_mode="floor"), persistent=False)
-        basis = torch.cumprod(torch.tensor([1] + levels[:-1], dtype=torch.long), dim=0)
-        self.register_buffer("_basis", basis, persistent=False)
-        self.register_buffer("_levels", torch.tensor(levels, dtype=torch.long), persistent=False)
-        self._index_offset = float(sum((lvl // 2) * int(b) for lvl, b in zip(levels, basis)))  # index of level 0s
+        self.eps = eps
+        for name, value in self._constants().items():
+            self.register_buffer(name, value, persistent=False)
+        basis = [math.prod(levels[:i]) for i in range(len(levels))]     # plain ints: safe on the meta device
+        self._index_offset = float(sum((lvl // 2) * b for lvl, b in zip(levels, basis)))  # index of level 0s
 
         has_projections = self.dim != self.num_dims
         self.project_in = nn.Linear(self.dim, self.num_dims) if has_projections else nn.Identity()
         self.project_out = nn.Linear(self.num_dims, self.dim) if has_projections else nn.Identity()
+
+    def _constants(self) -> dict[str, torch.Tensor]:
+        """The fixed tensors the quantizer derives from its levels (non-persistent buffers)."""
+        lv = torch.tensor(self.levels, dtype=torch.float32)
+        half_level = (lv - 1) * (1 + self.eps) / 2
+        offset = (lv % 2 == 0).float() * 0.5              # even levels: a grid shifted by half a step
+        basis = [math.prod(self.levels[:i]) for i in range(len(self.levels))]
+        return {"_half_level": half_level, "_offset": offset, "_shift": torch.atanh(offset / half_level),
+                "_half_width": torch.div(lv, 2, rounding_mode="floor"),
+                "_basis": torch.tensor(basis, dtype=torch.long),
+                "_levels": torch.tensor(self.levels, dtype=torch.long)}
+
+    @torch.no_grad()
+    def reset_constants(self) -> None:
+        """Refill the derived buffers (a model built on the meta device, as ``from_pretrained`` does, has them
+        uninitialized: they are not in the state dict)."""
+        for name, value in self._constants().items():
+            getattr(self, name).copy_(value)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantize ``z [..., dim]``; returns ``QuantizerOutput`` with indices ``[...]`` and a zero loss."""

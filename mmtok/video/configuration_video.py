@@ -2,13 +2,18 @@
 
 Named presets (``VideoTokenizerConfig.from_preset(name)``):
 
-==============  ===========================  ==============  =========  ==========================================
-preset          input -> codes               codebook        params     use
-==============  ===========================  ==============  =========  ==========================================
-``debug``       9x16x16 -> 3x4x4             2^6             0.19 M     unit tests (seconds)
-``demo``        17x64x64 -> 5x8x8            2^12            4.3 M      ``make demo`` on the Moving-Digits corpus
-``magvit2_128`` 17x128x128 -> 5x16x16        2^18            258 M      the VideoPoet setting (GPU)
-==============  ===========================  ==============  =========  ==========================================
+==============  =========================  ===================  =======  =============================================
+preset          input -> codes             quantizer, codebook  params   use
+==============  =========================  ===================  =======  =============================================
+``debug``       9x16x16 -> 3x4x4           LFQ 2^6              0.2 M    unit tests (seconds)
+``demo``        9x32x32 -> 5x4x4           FSQ 8^4 = 2^12       3.7 M    ``make demo`` on the Moving-Digits corpus
+``demo_lfq``    9x32x32 -> 5x4x4           LFQ 2^12             3.7 M    the demo network with MAGVIT-v2's quantizer
+``magvit2_128`` 17x128x128 -> 5x16x16      LFQ 2^18             258 M    the VideoPoet setting (GPU)
+==============  =========================  ===================  =======  =============================================
+
+Why the demo preset uses FSQ: with the same network, data and budget, LFQ's binary bottleneck stays at blurry blobs
+for thousands of steps, while FSQ (which the Cosmos and VidTok tokenizers chose for this reason) learns the glyphs'
+shape and colour (docs/what_was_tried.md).
 """
 
 from __future__ import annotations
@@ -18,16 +23,21 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+QUANTIZERS = ("lfq", "bsq", "fsq")
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Tiny: 4x time, 4x space; for tests.
     "debug": dict(base_channels=8, channel_multipliers=(1, 2, 2), num_res_blocks=1, patch_size=1,
                   spatial_downsample=(True, True), temporal_downsample=(True, True), codebook_size=2 ** 6,
                   num_groups=4, fps=8.0),
-    # The embedded 64x64 corpus on 2 CPU cores: a 4x4 space-to-depth stem (no full-resolution convolutions), then
-    # one 2x stage in space and two in time: 17x64x64 -> 5x8x8 codes, 2^12 codes.
-    "demo": dict(base_channels=32, channel_multipliers=(1, 2, 4), num_res_blocks=1, patch_size=4,
-                 spatial_downsample=(True, False), temporal_downsample=(True, True), codebook_size=2 ** 12,
-                 num_groups=8, fps=8.0),
+    # The embedded 32x32 corpus on 2 CPU cores: a 2x2 space-to-depth stem, two per-frame 2D stages (16x16, 8x8),
+    # then a causal 3D stage at 4x4 that halves time: 9x32x32 -> 5x4x4 codes (80 per clip), FSQ 8^4 = 4,096 codes.
+    "demo": dict(base_channels=32, channel_multipliers=(1, 2, 4), num_res_blocks=1, patch_size=2,
+                 spatial_downsample=(True, True), temporal_downsample=(False, True), frame_stages=2,
+                 quantizer="fsq", fsq_levels=(8, 8, 8, 8), num_groups=8, fps=8.0),
+    "demo_lfq": dict(base_channels=32, channel_multipliers=(1, 2, 4), num_res_blocks=1, patch_size=2,
+                     spatial_downsample=(True, True), temporal_downsample=(False, True), frame_stages=2,
+                     quantizer="lfq", codebook_size=2 ** 12, num_groups=8, fps=8.0),
     # MAGVIT-v2 / VideoPoet: 17x128x128 -> 5x16x16, 2^18 codes (arXiv 2310.05737; widths and depth in the spirit of
     # its appendix, check the paper before relying on them). Untested at this size on CPU.
     "magvit2_128": dict(base_channels=128, channel_multipliers=(1, 2, 2, 4), num_res_blocks=4, patch_size=1,
@@ -55,12 +65,23 @@ class VideoTokenizerConfig(PretrainedConfig):
         temporal_downsample: same, for 2x causal temporal downsampling (``T = 1 + 2k -> 1 + k``).
         temporal_kernel_size: temporal extent of every causal 3D convolution (padding comes from the past only).
         spatial_kernel_size: spatial extent of the 3D convolutions.
-        codebook_size: LFQ codebook size, a power of two; the latent has ``log2(codebook_size)`` channels.
+        frame_stages: how many leading encoder stages (and the mirrored trailing decoder stages) convolve each frame
+            on its own (temporal kernel 1); the resampling into stage ``i + 1`` uses stage ``i + 1``'s
+            kernel. Time is then mixed only at the coarser resolutions, where it is cheap:
+            the full-resolution stages cost per-frame 2D convolutions (factorized space-then-time, as in C-ViViT and
+            Cosmos' spatial-then-temporal layers). Temporal downsampling must come after these stages.
+        quantizer: ``"lfq"`` (MAGVIT-v2's lookup-free quantization), ``"bsq"`` (LFQ on the unit sphere, arXiv
+            2406.07548) or ``"fsq"`` (finite scalar quantization, arXiv 2309.15505, as the Cosmos and VidTok
+            tokenizers use: no auxiliary loss and no collapse, so it learns in far fewer steps).
+        codebook_size: LFQ / BSQ codebook size, a power of two; the latent has ``log2(codebook_size)`` channels.
+            With ``quantizer="fsq"`` it is derived from ``fsq_levels`` (their product).
+        fsq_levels: FSQ levels per latent channel (``quantizer="fsq"`` only), e.g. ``[8, 8, 8, 8]`` = 2^12 codes;
+            the latent has ``len(fsq_levels)`` channels.
         num_groups: groups of every GroupNorm (capped to the channel count). Norms are taken per frame so that
             they never mix time steps (a clip-wide norm would break causality).
         adaptive_norm: decoder GroupNorms are modulated by the quantized latents (MAGVIT-v2's adaptive GroupNorm).
         entropy_loss_weight, commitment_loss_weight, diversity_gamma, entropy_anneal_steps, entropy_anneal_factor,
-            spherical: passed to :class:`mmtok.quantizers.LFQ`.
+            passed to :class:`mmtok.quantizers.LFQ` (LFQ and BSQ only).
         fps: frame rate of the training videos, for ``frame_rate`` (latent frames per second).
         preset: the preset name this config was built from (informative only).
     """
@@ -78,7 +99,10 @@ class VideoTokenizerConfig(PretrainedConfig):
         temporal_downsample: tuple[bool, ...] | list[bool] = (True, True, False),
         temporal_kernel_size: int = 3,
         spatial_kernel_size: int = 3,
-        codebook_size: int = 2 ** 10,
+        frame_stages: int = 0,
+        quantizer: str = "lfq",
+        codebook_size: int | None = 2 ** 10,
+        fsq_levels: tuple[int, ...] | list[int] | None = None,
         num_groups: int = 8,
         adaptive_norm: bool = True,
         entropy_loss_weight: float = 0.1,
@@ -86,7 +110,6 @@ class VideoTokenizerConfig(PretrainedConfig):
         diversity_gamma: float = 1.0,
         entropy_anneal_steps: int = 0,
         entropy_anneal_factor: float = 3.0,
-        spherical: bool = False,
         fps: float = 8.0,
         preset: str | None = None,
         **kwargs: Any,
@@ -100,6 +123,11 @@ class VideoTokenizerConfig(PretrainedConfig):
         self.temporal_downsample = [bool(x) for x in temporal_downsample]
         self.temporal_kernel_size = temporal_kernel_size
         self.spatial_kernel_size = spatial_kernel_size
+        self.frame_stages = frame_stages
+        self.quantizer = quantizer
+        self.fsq_levels = [int(x) for x in fsq_levels] if fsq_levels is not None else None
+        if quantizer == "fsq" and self.fsq_levels:
+            codebook_size = math.prod(self.fsq_levels)
         self.codebook_size = codebook_size
         self.num_groups = num_groups
         self.adaptive_norm = adaptive_norm
@@ -108,7 +136,6 @@ class VideoTokenizerConfig(PretrainedConfig):
         self.diversity_gamma = diversity_gamma
         self.entropy_anneal_steps = entropy_anneal_steps
         self.entropy_anneal_factor = entropy_anneal_factor
-        self.spherical = spherical
         self.fps = fps
         self.preset = preset
         super().__init__(**kwargs)
@@ -122,8 +149,20 @@ class VideoTokenizerConfig(PretrainedConfig):
             if len(getattr(self, name)) != n - 1:
                 raise ValueError(f"{name} needs len(channel_multipliers) - 1 = {n - 1} flags, "
                                  f"got {getattr(self, name)}")
-        if self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1):
-            raise ValueError(f"codebook_size must be a power of two >= 2 (LFQ), got {self.codebook_size}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.quantizer == "fsq":
+            if not self.fsq_levels or min(self.fsq_levels) < 2:
+                raise ValueError(f"quantizer='fsq' needs fsq_levels, a list of integers >= 2, got {self.fsq_levels}")
+        elif self.codebook_size is None or self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1):
+            raise ValueError(f"codebook_size must be a power of two >= 2 ({self.quantizer.upper()}), got "
+                             f"{self.codebook_size}")
+        if not 0 <= self.frame_stages <= n:
+            raise ValueError(f"frame_stages must be in [0, {n}] (the number of stages), got {self.frame_stages}")
+        if any(self.temporal_downsample[:max(0, self.frame_stages - 1)]):
+            raise ValueError(f"temporal downsampling needs temporal convolutions: the first frame_stages="
+                             f"{self.frame_stages} stages are per-frame, so temporal_downsample can only be set "
+                             f"from index {self.frame_stages - 1} on, got {self.temporal_downsample}")
         if self.patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
         if self.temporal_kernel_size < 1 or self.spatial_kernel_size % 2 == 0:
@@ -133,8 +172,15 @@ class VideoTokenizerConfig(PretrainedConfig):
     # ------------------------------------------------------------------------------------------ derived sizes
     @property
     def latent_channels(self) -> int:
-        """Channels of the latent = bits per LFQ code."""
+        """Channels of the latent: bits per LFQ / BSQ code, or the number of FSQ levels."""
+        if self.quantizer == "fsq":
+            return len(self.fsq_levels)
         return int(math.log2(self.codebook_size))
+
+    @property
+    def bits_per_code(self) -> float:
+        """``log2(codebook_size)``: the information one code carries."""
+        return math.log2(self.codebook_size)
 
     @property
     def spatial_factor(self) -> int:

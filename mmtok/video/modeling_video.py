@@ -1,24 +1,36 @@
-"""A MAGVIT-v2-style causal video tokenizer: causal 3D CNN encoder -> LFQ codes -> causal 3D CNN decoder.
+"""A MAGVIT-v2-style causal video tokenizer: causal 3D CNN encoder -> quantized codes -> causal 3D CNN decoder.
+
+The quantizer is a config choice (``quantizer``): MAGVIT-v2's lookup-free quantization (``lfq``), its spherical
+variant (``bsq``), or finite scalar quantization (``fsq``), which the Cosmos and VidTok tokenizers use because it
+trains without auxiliary losses or codebook collapse. The code grid, the vocabulary range and ``from_pretrained``
+follow the quantizer's ``codebook_size``.
 
 MAGVIT-v2 (Yu et al. 2023, arXiv 2310.05737): every 3D convolution pads time from the past only, so latent frame
 ``j`` sees input frames ``<= f * j`` (``f`` = temporal factor) and the first frame is encoded on its own; an image is
 a one-frame video and shares the code space of videos. A clip of ``1 + f*k`` frames gives ``1 + k`` latent frames.
 
-Layout (``demo`` preset, shapes for a 17x64x64 clip, ``[B, C, T, H, W]``):
+Layout (``demo`` preset, shapes for a 9x32x32 clip, ``[B, C, T, H, W]``):
 
-    video [B,3,17,64,64]
-      -> space-to-depth 4x4              [B,48,17,16,16]
-      -> causal conv                     [B,32,17,16,16]
-      -> stage 1 res block, down t+s     [B,32, 9, 8, 8]
-      -> stage 2 res block, down t       [B,64, 5, 8, 8]
-      -> stage 3 res block               [B,128,5, 8, 8]
-      -> norm, SiLU, conv to d=12, GroupNorm (no affine)   [B,12,5,8,8]
-      -> LFQ (channel-last)              codes [B,5,8,8] in [0, 2^12)
+    video [B,3,9,32,32]
+      -> space-to-depth 2x2                            [B,12, 9,16,16]
+      -> conv (per frame)                              [B,32, 9,16,16]
+      -> stage 1 res block (per frame), down s         [B,32, 9, 8, 8]
+      -> stage 2 res block (per frame), down t+s       [B,64, 5, 4, 4]    (a causal 3D conv)
+      -> stage 3 res block (causal 3D)                 [B,128,5, 4, 4]
+      -> norm, SiLU, conv to d=4                       [B,4, 5, 4, 4]
+      -> FSQ [8,8,8,8] (channel-last)                  codes [B,5,4,4] in [0, 4096)
     the decoder mirrors it with depth-to-space upsampling and GroupNorms modulated by the quantized latents.
 
-The space-to-depth stem (``patch_size``) replaces MAGVIT-v2's full-resolution first stage: a 4x4 pixel block folded
-into 48 channels loses nothing (it is a permutation), and every convolution then runs on 16x fewer positions; the
-Cosmos tokenizer (arXiv 2501.03575) does the same with a 2-level Haar wavelet. ``magvit2_128`` keeps ``patch_size=1``.
+The space-to-depth stem (``patch_size``) replaces MAGVIT-v2's full-resolution first stage: a pixel block folded into
+channels loses nothing (it is a permutation), and every convolution then runs on ``patch_size^2`` times fewer
+positions; the Cosmos tokenizer (arXiv 2501.03575) does the same with a Haar wavelet. A large patch costs sample
+efficiency, though: the stem's weights are no longer shared across the pixels of a block, so strokes must be learnt at
+every offset (on the demo corpus a 4x4 patch learns digits several times slower than 2x2).
+``magvit2_128`` keeps ``patch_size=1``.
+
+``frame_stages`` makes the first stages per-frame 2D convolutions and mixes time only at the coarse resolution (C-ViViT
+and Cosmos factorize space and time the same way): the full-resolution work costs 2D convolutions, and at 4x4 a 3D
+convolution is cheap. Causality is unchanged.
 
 All GroupNorms normalize each frame separately: a norm over the whole clip would let future frames change the
 statistics of past ones and break causality.
@@ -36,7 +48,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from mmtok.quantizers import LFQ
+from mmtok.quantizers import FSQ, LFQ
 from mmtok.video.configuration_video import VideoTokenizerConfig
 
 
@@ -126,6 +138,11 @@ class CausalConv3d(nn.Module):
                               padding=(0, ks // 2, ks // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.time_pad and x.shape[2] == 1:
+            # One frame (an image): the padding repeats it, so every temporal tap sees the same frame and the
+            # convolution equals one with the taps summed; kt times cheaper, and exact up to rounding.
+            conv = self.conv
+            return F.conv3d(x, conv.weight.sum(2, keepdim=True), conv.bias, (1, *conv.stride[1:]), conv.padding)
         if self.time_pad:
             first = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)                   # [B, C, kt-1, H, W]
             x = torch.cat([first, x], dim=2)
@@ -182,30 +199,40 @@ class Upsample(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- encoder / decoder
+def stage_kernels(config: VideoTokenizerConfig) -> list[tuple[int, int]]:
+    """``(temporal, spatial)`` kernel of each stage: the first ``config.frame_stages`` stages convolve each frame on
+    its own (temporal extent 1); the rest are causal 3D. The resampling between stages ``i`` and ``i + 1`` uses stage
+    ``i + 1``'s kernel (so a temporal resampling is always a temporal convolution)."""
+    return [(1 if i < config.frame_stages else config.temporal_kernel_size, config.spatial_kernel_size)
+            for i in range(len(config.channel_multipliers))]
+
+
 class VideoEncoder(nn.Module):
-    """Pixels ``[B, 3, T, H, W]`` in [-1, 1] -> pre-quantization latents ``[B, d, T', H', W']`` (per-frame
-    normalized, no affine: MAGVIT-v2 puts a plain GroupNorm right before LFQ)."""
+    """Pixels ``[B, 3, T, H, W]`` in [-1, 1] -> pre-quantization latents ``[B, d, T', H', W']`` (for LFQ / BSQ
+    per-frame normalized, no affine: MAGVIT-v2 puts a plain GroupNorm right before LFQ)."""
 
     def __init__(self, config: VideoTokenizerConfig):
         super().__init__()
-        kernel = (config.temporal_kernel_size, config.spatial_kernel_size)
+        kernels = stage_kernels(config)
         channels = [config.base_channels * m for m in config.channel_multipliers]
         self.patch_size = config.patch_size
-        self.conv_in = CausalConv3d(config.in_channels * config.patch_size ** 2, channels[0], kernel)
+        self.conv_in = CausalConv3d(config.in_channels * config.patch_size ** 2, channels[0], kernels[0])
         self.blocks = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         ch = channels[0]
         for i, out_ch in enumerate(channels):
             self.blocks.append(nn.ModuleList(
-                ResBlock(ch if j == 0 else out_ch, out_ch, config.num_groups, kernel)
+                ResBlock(ch if j == 0 else out_ch, out_ch, config.num_groups, kernels[i])
                 for j in range(config.num_res_blocks)))
             ch = out_ch
             if i < len(channels) - 1:
                 s, t = config.spatial_downsample[i], config.temporal_downsample[i]
                 self.downsamples.append(
-                    CausalConv3d(ch, ch, kernel, stride=(2 if t else 1, 2 if s else 1)) if (s or t) else nn.Identity())
+                    CausalConv3d(ch, ch, kernels[i + 1], stride=(2 if t else 1, 2 if s else 1)) if (s or t)
+                    else nn.Identity())
         self.norm_out = FrameGroupNorm(ch, config.num_groups)
-        self.conv_out = CausalConv3d(ch, config.latent_channels, kernel)
+        self.conv_out = CausalConv3d(ch, config.latent_channels, kernels[-1])
+        self.normalize_latents = config.quantizer in ("lfq", "bsq")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
@@ -220,7 +247,9 @@ class VideoEncoder(nn.Module):
             if i < len(self.downsamples):
                 x = self.downsamples[i](x)
         x = self.conv_out(F.silu(self.norm_out(x)))                                      # [B, d, T', H', W']
-        return frame_group_norm(x, 1)
+        # MAGVIT-v2 puts a plain per-frame norm right before LFQ (its signs need a centred input); FSQ bounds its
+        # input with tanh itself, and a per-frame norm would blow the black background's tiny variations up.
+        return frame_group_norm(x, 1) if self.normalize_latents else x
 
 
 class VideoDecoder(nn.Module):
@@ -229,26 +258,31 @@ class VideoDecoder(nn.Module):
 
     def __init__(self, config: VideoTokenizerConfig):
         super().__init__()
-        kernel = (config.temporal_kernel_size, config.spatial_kernel_size)
+        kernels = stage_kernels(config)
         channels = [config.base_channels * m for m in config.channel_multipliers]
         d = config.latent_channels
         cond = d if config.adaptive_norm else None
         self.patch_size = config.patch_size
-        self.conv_in = CausalConv3d(d, channels[-1], kernel)
+        self.conv_in = CausalConv3d(d, channels[-1], kernels[-1])
         self.blocks = nn.ModuleList()
         self.upsamples = nn.ModuleList()
         ch = channels[-1]
         for i in reversed(range(len(channels))):
             self.blocks.append(nn.ModuleList(
-                ResBlock(ch if j == 0 else channels[i], channels[i], config.num_groups, kernel, cond)
+                ResBlock(ch if j == 0 else channels[i], channels[i], config.num_groups, kernels[i], cond)
                 for j in range(config.num_res_blocks)))
             ch = channels[i]
             if i > 0:
+                # The upsampling conv already narrows to the next stage's width: its output is st*ss*ss times
+                # wider than its input's resolution, so narrowing after it would cost that factor more.
                 s, t = config.spatial_downsample[i - 1], config.temporal_downsample[i - 1]
-                self.upsamples.append(Upsample(ch, ch, kernel, spatial=s, temporal=t) if (s or t) else nn.Identity())
+                self.upsamples.append(Upsample(ch, channels[i - 1], kernels[i], spatial=s, temporal=t) if (s or t)
+                                      else nn.Identity())
+                if s or t:
+                    ch = channels[i - 1]
         self.norm_out = (AdaptiveFrameGroupNorm(ch, config.num_groups, d) if config.adaptive_norm
                          else FrameGroupNorm(ch, config.num_groups))
-        self.conv_out = CausalConv3d(ch, config.in_channels * config.patch_size ** 2, kernel)
+        self.conv_out = CausalConv3d(ch, config.in_channels * config.patch_size ** 2, kernels[0])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         cond = z
@@ -268,14 +302,24 @@ class VideoDecoder(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------------- model
+def build_quantizer(config: VideoTokenizerConfig) -> nn.Module:
+    """The quantizer ``config.quantizer`` names, over ``config.latent_channels`` channels."""
+    if config.quantizer == "fsq":
+        return FSQ(levels=config.fsq_levels)
+    return LFQ(codebook_size=config.codebook_size, entropy_loss_weight=config.entropy_loss_weight,
+               commitment_loss_weight=config.commitment_loss_weight, diversity_gamma=config.diversity_gamma,
+               spherical=config.quantizer == "bsq", entropy_anneal_steps=config.entropy_anneal_steps,
+               entropy_anneal_factor=config.entropy_anneal_factor)
+
+
 @dataclass
 class VideoTokenizerOutput(ModelOutput):
     """Output of :meth:`VideoTokenizer.forward`.
 
     Attributes:
         reconstruction: decoded video ``[B, 3, T, H, W]`` (not clamped, so the loss sees overshoots).
-        codes: LFQ indices ``[B, T', H', W']`` (int64).
-        quantizer_loss: the LFQ's weighted entropy + commitment loss (scalar).
+        codes: code indices ``[B, T', H', W']`` (int64).
+        quantizer_loss: the quantizer's weighted auxiliary loss (LFQ / BSQ: entropy + commitment; FSQ: zero).
         metrics: detached quantizer metrics (``utilization``, ``perplexity``, ...).
     """
 
@@ -286,7 +330,7 @@ class VideoTokenizerOutput(ModelOutput):
 
 
 class VideoTokenizer(PreTrainedModel):
-    """MAGVIT-v2-style causal video tokenizer with lookup-free quantization.
+    """MAGVIT-v2-style causal video tokenizer (LFQ, BSQ or FSQ codes).
 
     Implements :class:`mmtok.interface.ModalityTokenizer`: ``encode`` videos (or images, as 1-frame videos) to
     codes ``[B, T', H', W']``, ``decode`` codes back to ``[B, 3, T, H, W]`` in [-1, 1].
@@ -307,11 +351,7 @@ class VideoTokenizer(PreTrainedModel):
     def __init__(self, config: VideoTokenizerConfig):
         super().__init__(config)
         self.encoder = VideoEncoder(config)
-        self.quantizer = LFQ(
-            codebook_size=config.codebook_size, entropy_loss_weight=config.entropy_loss_weight,
-            commitment_loss_weight=config.commitment_loss_weight, diversity_gamma=config.diversity_gamma,
-            spherical=config.spherical, entropy_anneal_steps=config.entropy_anneal_steps,
-            entropy_anneal_factor=config.entropy_anneal_factor)
+        self.quantizer = build_quantizer(config)
         self.decoder = VideoDecoder(config)
         self.post_init()
 
@@ -341,6 +381,8 @@ class VideoTokenizer(PreTrainedModel):
             init.zeros_(module.bias)
         if isinstance(module, LFQ):
             init.copy_(module.bit_shifts, torch.arange(module.num_bits))
+        if isinstance(module, FSQ):
+            module.reset_constants()
 
     # --------------------------------------------------------------------------------- interface properties
     @property
@@ -436,7 +478,7 @@ class VideoTokenizer(PreTrainedModel):
         """Encode, quantize (straight-through) and decode: the training pass."""
         x = self.preprocess(video, pad=pad)                                              # [B, 3, T, H, W]
         z = self.encoder(x)                                                              # [B, d, T', H', W']
-        q = self.quantizer(z.permute(0, 2, 3, 4, 1))                                     # LFQ is channel-last
+        q = self.quantizer(z.permute(0, 2, 3, 4, 1))                                     # quantizers are channel-last
         zq = q.quantized.permute(0, 4, 1, 2, 3)                                          # [B, d, T', H', W']
         recon = self.decoder(zq)                                                         # [B, 3, T, H, W]
         out = VideoTokenizerOutput(reconstruction=recon, codes=q.indices, quantizer_loss=q.loss, metrics=q.metrics)

@@ -145,6 +145,23 @@ def test_recipe_joint_image_video_steps(media, tmp_path):
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["d_loss"]) for r in rows)
 
 
+def test_same_config_same_steps_gives_the_same_codes(media, tmp_path):
+    """Budgets are step counts: two runs of one config (FSQ, the decode cache on) export identical tokenizers."""
+    extra = {"model.overrides": "{quantizer: fsq, fsq_levels: [5, 5, 5]}", "loss.disc_weight": 0.0,
+             "data.cache_mb": 64, "data.image_batch_size": 2, "data.image_every": 2, "train.checkpoint_every": 100,
+             "train.sample_every": 100}
+    video = torch.from_numpy(moving_square(5, t=9))[None]
+    codes = []
+    for name in ("a", "b"):
+        main(overrides(tmp_path / name, media / "manifest.jsonl", 5, **extra))
+        model = VideoTokenizer.from_pretrained(tmp_path / name / "final").eval()
+        assert model.config.quantizer == "fsq" and model.codebook_size == 125
+        codes.append(model.encode(video))
+    losses = [[r["loss"] for r in read_metrics(tmp_path / n) if "loss" in r] for n in ("a", "b")]
+    assert losses[0] == losses[1] and len(losses[0]) == 5
+    assert torch.equal(codes[0], codes[1])
+
+
 def test_bad_config_errors(media, tmp_path):
     with pytest.raises(FileNotFoundError, match="data.source not found"):
         main(overrides(tmp_path / "r", tmp_path / "missing.jsonl", 1))
