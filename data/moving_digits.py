@@ -1,4 +1,4 @@
-"""Generate the Moving-Digits corpus: ``python data/moving_digits.py --out DIR --num-clips N [--seed S] [--size 64]``.
+"""Generate the Moving-Digits corpus: ``python data/moving_digits.py --out DIR --num-clips N [--seed S] [--size 32]``.
 
 A thin command line over :func:`mmtok.data.moving_digits.generate_corpus` (see that module for the layout, the
 manifest and ground-truth fields, and the determinism guarantees).
@@ -21,16 +21,19 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--num-clips", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
-    parser.add_argument("--num-frames", type=int, default=17)
+    parser.add_argument("--size", type=int, default=32, help="frame side in pixels")
+    parser.add_argument("--num-frames", type=int, default=9)
     parser.add_argument("--fps", type=int, default=8)
     parser.add_argument("--sample-rate", type=int, default=16000)
+    parser.add_argument("--glyphs-per-digit", type=int, default=None,
+                        help="handwritten samples of each digit to draw from (default: all)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
     parser.add_argument("--overwrite", action="store_true", help="re-encode clips that already exist")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     manifest = generate_corpus(args.out, args.num_clips, args.seed, args.size, num_frames=args.num_frames,
-                               fps=args.fps, sample_rate=args.sample_rate, num_workers=args.workers,
+                               fps=args.fps, sample_rate=args.sample_rate, glyphs_per_digit=args.glyphs_per_digit,
+                               num_workers=args.workers,
                                overwrite=args.overwrite)
     print(f"wrote {args.num_clips} clips to {args.out} in {time.perf_counter() - t0:.1f}s; manifest {manifest}")
     return manifest

@@ -2,14 +2,15 @@
 when the clicks fall. The evaluation recipe applies these probes to generated clips and to ground truth alike, so a
 score says what a viewer would see, not how close the tokens were.
 
-* digit: a classifier trained here on the scikit-learn glyphs rendered exactly as the corpus renders them (random
-  colour, position and blur), applied to a crop around the glyph's ink centre in each frame; the clip's answer is
-  the frame-averaged probability.
+* digit: a small MLP trained here on the scikit-learn glyphs rendered exactly as the corpus renders them (random
+  colour, position, blur and noise), applied to a crop around the glyph's ink centre in each frame; the clip's answer
+  is the frame-averaged probability. It reads 99-100% of ground-truth clips (a linear classifier read 98%, and
+  mistook blurred but legible reconstructions more often).
 * colour: the mean colour of the brightest glyph pixels, matched to the palette by direction in RGB space.
 * direction: the ink centre-of-mass track compared with the bouncing trajectory simulated for each of the 8
   directions (so a bounce does not fool it).
 * pitch: the strongest spectral peak, matched to the nearest digit tone on a log-frequency scale.
-* clicks: onsets of the high-passed (> 3 kHz) energy envelope, where the tone has no energy.
+* clicks: the bounce strikes, onsets where the tone's loudness jumps (it is struck again and decays in between).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmtok.data.moving_digits import COLORS, DIRECTIONS, _glyph_alpha, _load_glyphs, digit_frequency
+from mmtok.data.moving_digits import COLORS, DIRECTIONS, _glyph_alpha, _load_glyphs, default_glyph_size, \
+    digit_frequency
 
 _FEATURE_SIDE = 12
 _PALETTE = np.array(list(COLORS.values()), np.float64)
@@ -163,28 +165,36 @@ def read_pitch(wave: np.ndarray, sample_rate: int) -> tuple[int, float]:
     return int(np.argmin(np.abs(tones - np.log2(max(peak, 1.0))))), peak
 
 
-def read_clicks(wave: np.ndarray, sample_rate: int, hop_s: float = 0.005, min_gap_s: float = 0.06,
-                rel_threshold: float = 0.25) -> list[float]:
-    """Onset times (s) of broadband clicks: peaks of the > 3 kHz energy envelope."""
+def read_clicks(wave: np.ndarray, sample_rate: int, hop_s: float = 0.005, rise_s: float = 0.03,
+                min_rise: float = 1.8, min_gap_s: float = 0.06, skip_s: float = 0.05) -> list[float]:
+    """Times (s) of the bounce strikes: onsets where the loudness rises by at least ``min_rise`` times within
+    ``rise_s`` (the tone is struck again and decays in between).
+
+    The envelope is the RMS over ``hop_s`` windows; an onset is a local maximum of the rise ``env[i] / min(env[i -
+    rise_s .. i])`` above ``min_rise``, at least ``min_gap_s`` after the previous one. The first ``skip_s`` seconds are
+    skipped: every clip is struck at time 0, which marks no bounce. A clip too quiet to have a tone gives none.
+    """
     wave = np.asarray(wave, np.float64).reshape(-1)
-    spectrum = np.fft.rfft(wave)
-    freqs = np.fft.rfftfreq(wave.size, 1.0 / sample_rate)
-    spectrum[freqs < 3000] = 0
-    high = np.fft.irfft(spectrum, n=wave.size)
     hop = max(1, int(hop_s * sample_rate))
-    frames = high[: (wave.size // hop) * hop].reshape(-1, hop)
+    frames = wave[: (wave.size // hop) * hop].reshape(-1, hop)
     env = np.sqrt((frames ** 2).mean(axis=1))
     if env.size == 0 or env.max() < 1e-3:
         return []
-    floor = np.median(env)
-    threshold = floor + rel_threshold * (env.max() - floor)
+    floor = 1e-3 * env.max()                                   # ignore rises out of near-silence noise
+    back = max(1, int(round(rise_s / hop_s)))
+    rise = np.zeros_like(env)
+    for i in range(1, env.size):
+        prev = env[max(0, i - back):i].min()
+        rise[i] = env[i] / max(prev, floor)
     times, last = [], -np.inf
-    for i in range(env.size):
-        left = env[i - 1] if i > 0 else 0.0
-        right = env[i + 1] if i + 1 < env.size else 0.0
-        if env[i] >= threshold and env[i] >= left and env[i] >= right and (i * hop_s - last) >= min_gap_s:
-            times.append(i * hop / sample_rate)
-            last = i * hop_s
+    for i in range(1, env.size):
+        t = i * hop / sample_rate
+        right = rise[i + 1] if i + 1 < env.size else 0.0
+        if t < skip_s or rise[i] < min_rise or rise[i] < rise[i - 1] or rise[i] < right:
+            continue
+        if t - last >= min_gap_s:
+            times.append(t)
+            last = t
     return times
 
 
@@ -214,29 +224,32 @@ class MovingDigitsProbe:
     """Reads digit, colour and direction from frames and digit and clicks from audio.
 
     Args:
-        size: frame side in pixels; glyph_size: glyph box side (the corpus default is 3/8 of ``size``).
+        size: frame side in pixels; glyph_size: glyph box side (default: the corpus default for ``size``).
         fps, sample_rate: the corpus clock, for click times.
         seed: seeds the classifier's training renders.
         renders_per_glyph: training renders (random colour, position, blur, noise) of each scikit-learn glyph.
+        hidden_units: width of the digit classifier's hidden layer.
     """
 
-    def __init__(self, size: int = 64, glyph_size: int | None = None, fps: float = 8, sample_rate: int = 16000,
-                 seed: int = 0, renders_per_glyph: int = 2):
+    def __init__(self, size: int = 32, glyph_size: int | None = None, fps: float = 8, sample_rate: int = 16000,
+                 seed: int = 0, renders_per_glyph: int = 6, hidden_units: int = 256):
         self.renders_per_glyph = renders_per_glyph
+        self.hidden_units = hidden_units
         self.size = size
-        self.glyph_size = glyph_size or max(8, round(size * 3 / 8))
+        self.glyph_size = glyph_size or default_glyph_size(size)
         self.fps = fps
         self.sample_rate = sample_rate
         self.seed = seed
         self._classifier = None
 
-    # The classifier is trained on first use (a few seconds): renders of each of the 1,797 glyphs.
+    # The classifier is trained on first use (about ten seconds): renders of each of the 1,797 glyphs.
     def classifier(self):
         if self._classifier is None:
-            from sklearn.linear_model import LogisticRegression
+            from sklearn.neural_network import MLPClassifier
 
             features, labels = self._training_set(self.renders_per_glyph)
-            self._classifier = LogisticRegression(max_iter=2000, C=2.0).fit(features, labels)
+            self._classifier = MLPClassifier(hidden_layer_sizes=(self.hidden_units,), max_iter=300,
+                                             random_state=self.seed).fit(features, labels)
         return self._classifier
 
     def _training_set(self, renders_per_glyph: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,15 +1,25 @@
 """Moving-Digits: the embedded, offline, deterministic audio-visual corpus behind ``make demo`` and the tests.
 
-Each clip shows one coloured digit glyph (a scikit-learn ``load_digits`` 8x8 image scaled up, 24x24 at the default
-64x64) moving at constant speed in one of 8 compass directions on a plain background and bouncing off the frame
-edges: 17 frames at 8 fps (VideoPoet's clip length). The audio (16 kHz mono) is a tone whose pitch identifies the
-digit, plus a short click at every bounce, so video-to-audio has content (pitch) and timing (clicks) to get right.
+Each clip shows one coloured digit glyph (a scikit-learn ``load_digits`` 8x8 image scaled up, 16x16 at the default
+32x32) moving at constant speed in one of 8 compass directions on a plain background and bouncing off the frame
+edges: 9 frames at 8 fps. The audio (16 kHz mono) is a bell-like tone whose pitch identifies the digit, struck at
+the start and again at every bounce (the bounce "click": a sharp onset that then decays), so video-to-audio has
+content (pitch) and timing (clicks) to get right.
+
+Why a strike and not a separate click sound: a small codec trained for minutes learns stationary tones and their
+loudness quickly, but not short isolated transients. Overfitting eight clips for 300 steps, the demo codec left a
+60 ms 4 kHz tick or a 15 ms noise burst at 100% error (it outputs silence there), while it fitted a decaying tone to
+9% error. Struck again, the digit's own tone marks the bounce with an onset the codec keeps.
+
+The defaults are sized for ``make demo`` on two CPU cores: a 32x32 frame and 9 frames give 5x4x4 = 80 video codes per
+clip with the demo video tokenizer, so the LM's sequences stay short; the glyph keeps all the information the 8x8
+source has. Larger frames and longer clips are parameters (``size``, ``num_frames``).
 Captions name digit, colour and motion with varied phrasing. Some digit-colour-direction combinations occur only in
 the test split, to measure compositional generalization.
 
 Layout written by :func:`generate_corpus` under ``out_dir``::
 
-    clips/<id>.mp4          H.264 video + PCM audio (sample exact, so click times are exact)
+    clips/<id>.mp4          H.264 video + PCM audio (sample exact, so strike times are exact)
     manifest.jsonl          one line per clip: MANIFEST_FIELDS
     ground_truth.jsonl      one line per clip: GROUND_TRUTH_FIELDS
     splits.json             {"train": [ids], "validation": [ids], "test": [ids], "held_out_test": [ids],
@@ -23,7 +33,7 @@ drawn in the parent process; workers only render and encode (``multiprocessing``
 Coordinates: ``x`` grows to the right, ``y`` downwards (image rows), in pixels of the output frame. ``boxes`` holds
 the glyph box's top-left corner ``[x, y]`` per frame (the box is ``glyph_size`` square); ``centroids`` the ink centre
 of mass ``[x, y]`` per frame (pixel centres at integer + 0.5). A bounce at frame ``k`` means the glyph reflected off an
-edge between frames ``k - 1`` and ``k``; its click sounds at ``k / fps`` seconds. ``direction`` and ``velocity`` are
+edge between frames ``k - 1`` and ``k``; its strike sounds at ``k / fps`` seconds. ``direction`` and ``velocity`` are
 the *initial* motion (what the captions name); after a bounce the glyph moves mirrored on that axis.
 
 Ground-truth record (``ground_truth.jsonl``, one per clip): ``id``, ``split``, ``held_out`` (a test-only
@@ -56,19 +66,24 @@ __all__ = [
     "DIRECTIONS",
     "DIGIT_WORDS",
     "GROUND_TRUTH_FIELDS",
+    "HELD_OUT_TEMPLATES",
     "MANIFEST_FIELDS",
+    "TONE_HZ",
     "CorpusConfig",
     "ClipSpec",
+    "default_glyph_size",
     "digit_frequency",
     "generate_corpus",
+    "held_out_caption",
     "load_ground_truth",
     "make_captions",
     "render_audio",
     "render_frames",
     "sample_clip_specs",
+    "typical_glyphs",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Palette: name -> RGB. Saturated, mutually distinct colours, all readable on the black background.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -106,9 +121,21 @@ GROUND_TRUTH_FIELDS = ("id", "split", "held_out", "digit", "digit_word", "color"
                        "bounce_frames", "bounce_times", "tone_hz", "num_frames", "fps", "width", "height")
 
 
+def default_glyph_size(size: int) -> int:
+    """The glyph box side for a ``size`` frame: half the frame (at least 8, the source glyphs' resolution)."""
+    return max(8, size // 2)
+
+
+# The tone of each digit: about a minor third apart (ratios 1.17-1.29), 224 .. 1216 Hz, every one a multiple of 32 Hz.
+# A 32 Hz frame (500 samples at 16 kHz, the demo codec's hop) then holds whole periods of every tone and its second
+# harmonic, so a steady tone looks the same in every codec frame, and strikes, at multiples of 1/8 s, start on frame
+# boundaries: the codec learns one waveform per digit instead of tracking phase across frames.
+TONE_HZ = (224, 288, 352, 416, 512, 608, 736, 864, 1024, 1216)
+
+
 def digit_frequency(digit: int) -> float:
-    """The tone (Hz) that identifies ``digit``: 220 Hz times a minor third per digit (220 .. 1047 Hz)."""
-    return 220.0 * 2.0 ** (3 * digit / 12)
+    """The tone (Hz) that identifies ``digit`` (:data:`TONE_HZ`)."""
+    return float(TONE_HZ[digit])
 
 
 @dataclass
@@ -119,45 +146,60 @@ class CorpusConfig:
         num_clips: number of clips.
         seed: the seed every random choice derives from.
         size: frame height and width in pixels.
-        glyph_size: glyph box side in pixels (``None`` -> 3/8 of ``size``, 24 at 64).
-        num_frames: frames per clip (17 = 1 + 4k, what the causal video tokenizer takes).
+        glyph_size: glyph box side in pixels (``None`` -> :func:`default_glyph_size`, half of ``size``).
+        num_frames: frames per clip (``1 + 2k`` for the demo video tokenizer, ``1 + 4k`` for the others).
         fps: frame rate.
         sample_rate: audio rate in Hz (mono).
         background: RGB of the plain background.
         held_out_fraction: fraction of digit-colour-direction combinations that appear only in the test split.
         val_fraction, test_fraction: of the remaining clips, the fractions in validation and test.
         speed_range: glyph speed in frame widths per frame (uniform in this range).
+        glyphs_per_digit: how many of scikit-learn's handwritten samples of each digit the clips draw from, the most
+            typical first (closest to the digit's mean image, see :func:`typical_glyphs`); ``None`` for all (~180 per
+            digit). Fewer hands make a digit's look predictable from its name, which is what text-to-video can learn
+            in a CPU budget (docs/what_was_tried.md); the probe still reads digits with a classifier trained on all
+            of them.
+        clear_steps: the glyph starts far enough from the edges it heads for that it moves this many frames before
+            its first bounce, so the first frames show the direction the captions name (a glyph that bounces on its
+            first step looks like one that started the other way).
         captions_per_clip: how many different phrasings each clip carries (the first is ``caption``).
-        tone_amplitude, click_amplitude: audio levels.
+        tone_amplitude: peak level of the tone (right after a strike).
+        strike_decay: time constant (s) of the tone's decay after each strike.
         crf: H.264 quality of the clips (lower = closer to the rendered frames).
     """
 
     num_clips: int = 2000
     seed: int = 0
-    size: int = 64
+    size: int = 32
     glyph_size: int | None = None
-    num_frames: int = 17
+    num_frames: int = 9
     fps: int = 8
     sample_rate: int = 16000
     background: tuple[int, int, int] = (0, 0, 0)
     held_out_fraction: float = 0.05
     val_fraction: float = 0.1
     test_fraction: float = 0.1
-    speed_range: tuple[float, float] = (0.035, 0.07)
+    speed_range: tuple[float, float] = (0.06, 0.12)
+    glyphs_per_digit: int | None = None
+    clear_steps: int = 2
     captions_per_clip: int = 3
-    tone_amplitude: float = 0.3
-    click_amplitude: float = 0.6
+    tone_amplitude: float = 0.5
+    strike_decay: float = 0.15
     crf: int = 12
 
     def __post_init__(self) -> None:
         if self.glyph_size is None:
-            self.glyph_size = max(8, round(self.size * 3 / 8))
+            self.glyph_size = default_glyph_size(self.size)
         if not 8 <= self.glyph_size < self.size:
             raise ValueError(f"glyph_size must be in [8, size), got {self.glyph_size} for size {self.size}")
         if self.size % 2:
             raise ValueError(f"size must be even (H.264 4:2:0), got {self.size}")
         if self.num_clips < 1 or self.num_frames < 1 or self.fps <= 0 or self.sample_rate < 1:
             raise ValueError(f"num_clips, num_frames, fps and sample_rate must be positive: {self}")
+        if self.glyphs_per_digit is not None and self.glyphs_per_digit < 1:
+            raise ValueError(f"glyphs_per_digit must be >= 1 or None, got {self.glyphs_per_digit}")
+        if self.strike_decay <= 0:
+            raise ValueError(f"strike_decay must be positive, got {self.strike_decay}")
         if not 0 <= self.held_out_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
             raise ValueError("need 0 <= held_out_fraction < 1 and val_fraction + test_fraction < 1")
         self.background = tuple(int(c) for c in self.background)  # type: ignore[assignment]
@@ -180,7 +222,6 @@ class ClipSpec:
     start_xy: tuple[float, float]     # glyph box top-left at frame 0
     speed: float                      # pixels per frame
     captions: list[str]
-    audio_seed: int
     boxes: list[list[int]] = field(default_factory=list)
     bounce_frames: list[int] = field(default_factory=list)
 
@@ -200,12 +241,36 @@ _TEMPLATES = (
 )
 
 
+# Phrasings that never occur in the corpus's captions (other word orders, other verbs and nouns, numerals and words):
+# the evaluation prompts with them to measure whether a model follows the content words or memorized the templates.
+HELD_OUT_TEMPLATES = (
+    "moving {phrase}, a {color} {word}",
+    "there is a {word} in {color} going {phrase}",
+    "{color} {digit} sliding {compass}",
+    "see the {color} numeral {word} travel {phrase}",
+    "a {digit} coloured {color}, on its way {compass}",
+    "{Word}, {color}, drifting {phrase}",
+    "one {color} figure {word} that heads {phrase}",
+    "{compass}: the {color} number {digit}",
+)
+
+
+def _caption_fields(digit: int, color: str, direction: str) -> dict[str, Any]:
+    return dict(digit=digit, word=DIGIT_WORDS[digit], Word=DIGIT_WORDS[digit].capitalize(), color=color,
+                compass=direction, phrase=_DIRECTION_PHRASES[direction])
+
+
 def make_captions(digit: int, color: str, direction: str, rng: np.random.Generator, n: int = 3) -> list[str]:
     """``n`` different phrasings naming the digit, colour and initial motion direction."""
-    fields = dict(digit=digit, word=DIGIT_WORDS[digit], Word=DIGIT_WORDS[digit].capitalize(), color=color,
-                  compass=direction, phrase=_DIRECTION_PHRASES[direction])
+    fields = _caption_fields(digit, color, direction)
     picks = rng.choice(len(_TEMPLATES), size=min(n, len(_TEMPLATES)), replace=False)
     return [_TEMPLATES[int(i)].format(**fields) for i in picks]
+
+
+def held_out_caption(digit: int, color: str, direction: str, index: int) -> str:
+    """The ``index``-th (cyclically) of :data:`HELD_OUT_TEMPLATES` for this content: a phrasing no training caption
+    uses."""
+    return HELD_OUT_TEMPLATES[index % len(HELD_OUT_TEMPLATES)].format(**_caption_fields(digit, color, direction))
 
 
 # ------------------------------------------------------------------------------------------------- trajectory
@@ -227,6 +292,16 @@ def _trajectory(start: tuple[float, float], velocity: tuple[float, float], limit
         if bounced:
             bounces.append(k)
     return boxes, bounces
+
+
+def _clear_start(u: float, velocity: float, limit: float, steps: int) -> float:
+    """A start coordinate in ``[0, limit]`` (``u`` uniform in [0, 1) picks it) from which ``steps`` frames at
+    ``velocity`` px/frame stay inside; the centre when no start can (a speed too high for the frame)."""
+    travel = abs(velocity) * steps
+    if travel > limit:
+        return limit / 2
+    low, high = (0.0, limit - travel) if velocity > 0 else (travel, limit) if velocity < 0 else (0.0, limit)
+    return low + u * (high - low)
 
 
 def _glyph_alpha(glyph: np.ndarray, side: int) -> np.ndarray:
@@ -266,25 +341,25 @@ def _centroids(spec: ClipSpec, cfg: CorpusConfig) -> list[list[float]]:
 
 def render_audio(spec: ClipSpec, cfg: CorpusConfig) -> np.ndarray:
     """The clip's audio, ``float32 [round(num_frames / fps * sample_rate)]``: the digit's tone (with a soft second
-    harmonic and 10 ms fades) plus a 15 ms decaying noise click at each bounce time."""
+    harmonic), struck at time 0 and at every bounce: a 4 ms attack to ``tone_amplitude``, then an exponential decay
+    with time constant ``strike_decay`` until the next strike; 10 ms fade-out at the end."""
     sr = cfg.sample_rate
     n = int(round(cfg.num_frames / cfg.fps * sr))
     t = np.arange(n) / sr
     f = digit_frequency(spec.digit)
-    wave = cfg.tone_amplitude * (0.8 * np.sin(2 * np.pi * f * t) + 0.2 * np.sin(4 * np.pi * f * t))
+    tone = 0.8 * np.sin(2 * np.pi * f * t) + 0.2 * np.sin(4 * np.pi * f * t)
+    env = np.zeros(n)
+    attack = max(1, int(0.004 * sr))
+    for start in [0] + [int(round(k / cfg.fps * sr)) for k in spec.bounce_frames]:
+        if start >= n:
+            continue
+        level = env[start - 1] if start > 0 else 0.0                     # the decayed level the strike rises from
+        decay = np.exp(-np.arange(n - start) / (cfg.strike_decay * sr))
+        ramp = np.minimum(1.0, np.arange(1, n - start + 1) / attack)
+        env[start:] = level * decay * (1 - ramp) + decay * ramp
     fade = min(n // 2, int(0.01 * sr))
-    ramp = np.linspace(0.0, 1.0, fade, endpoint=False)
-    wave[:fade] *= ramp
-    wave[n - fade:] *= ramp[::-1]
-    rng = np.random.default_rng(spec.audio_seed)
-    click_len = int(0.015 * sr)
-    env = np.exp(-np.arange(click_len) / (0.003 * sr))
-    for k in spec.bounce_frames:
-        s = int(round(k / cfg.fps * sr))
-        m = min(click_len, n - s)
-        if m > 0:
-            wave[s:s + m] += cfg.click_amplitude * env[:m] * rng.uniform(-1.0, 1.0, m)
-    return np.clip(wave, -1.0, 1.0).astype(np.float32)
+    env[n - fade:] *= np.linspace(1.0, 0.0, fade, endpoint=False)
+    return np.clip(cfg.tone_amplitude * env * tone, -1.0, 1.0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------- sampling
@@ -293,6 +368,18 @@ def _load_glyphs() -> tuple[np.ndarray, np.ndarray]:
 
     digits = load_digits()
     return digits.images.astype(np.float64), digits.target.astype(int)
+
+
+def typical_glyphs(images: np.ndarray, targets: np.ndarray, digit: int) -> np.ndarray:
+    """Indices of ``digit``'s samples, most typical first: by distance to the mean image of that digit's samples.
+
+    An untypical hand (a 5 that looks like a 9) read back through a lossy tokenizer is where a probe errs first, and
+    with few hands per digit one such hand costs a whole digit.
+    """
+    index = np.flatnonzero(targets == digit)
+    flat = images[index].reshape(len(index), -1)
+    distance = ((flat - flat.mean(0)) ** 2).sum(1)
+    return index[np.argsort(distance, kind="stable")]
 
 
 def _held_out_combinations(rng: np.random.Generator, fraction: float) -> list[tuple[int, str, str]]:
@@ -305,7 +392,8 @@ def _held_out_combinations(rng: np.random.Generator, fraction: float) -> list[tu
 def sample_clip_specs(cfg: CorpusConfig) -> tuple[list[ClipSpec], list[tuple[int, str, str]]]:
     """Draw every clip's parameters from ``cfg.seed`` (in order, in this process): specs and held-out combinations."""
     images, targets = _load_glyphs()
-    by_digit = [np.flatnonzero(targets == d) for d in range(10)]
+    by_digit = [np.flatnonzero(targets == d) if cfg.glyphs_per_digit is None
+                else typical_glyphs(images, targets, d)[:cfg.glyphs_per_digit] for d in range(10)]
     rng = np.random.default_rng([cfg.seed, GENERATOR_VERSION])
     held = _held_out_combinations(rng, cfg.held_out_fraction)
     held_set = set(held)
@@ -318,10 +406,11 @@ def sample_clip_specs(cfg: CorpusConfig) -> tuple[list[ClipSpec], list[tuple[int
         color = colors[int(rng.integers(len(colors)))]
         direction = directions[int(rng.integers(len(directions)))]
         sample = int(by_digit[digit][int(rng.integers(len(by_digit[digit])))])
-        start = (float(rng.uniform(0, limit)), float(rng.uniform(0, limit)))
+        where = rng.uniform(size=2)
         speed = float(rng.uniform(*cfg.speed_range)) * cfg.size
+        ux, uy = DIRECTIONS[direction]
+        start = tuple(_clear_start(float(u), v * speed, limit, cfg.clear_steps) for u, v in zip(where, (ux, uy)))
         captions = make_captions(digit, color, direction, rng, cfg.captions_per_clip)
-        audio_seed = int(rng.integers(2**31))
         u = float(rng.uniform())
         held_out = (digit, color, direction) in held_set
         if held_out:
@@ -332,12 +421,11 @@ def sample_clip_specs(cfg: CorpusConfig) -> tuple[list[ClipSpec], list[tuple[int
             split = "test"
         else:
             split = "train"
-        ux, uy = DIRECTIONS[direction]
         boxes, bounces = _trajectory(start, (ux * speed, uy * speed), limit, cfg.num_frames)
         specs.append(ClipSpec(
             id=f"md{i:0{max(width, 5)}d}", index=i, split=split, held_out=held_out, digit=digit, color=color,
             direction=direction, glyph_sample_index=sample, glyph=images[sample].tolist(), start_xy=start,
-            speed=speed, captions=captions, audio_seed=audio_seed, boxes=boxes, bounce_frames=bounces))
+            speed=speed, captions=captions, boxes=boxes, bounce_frames=bounces))
     return specs, held
 
 
@@ -384,7 +472,7 @@ def _render_one(args: tuple[ClipSpec, CorpusConfig, str, bool]) -> str:
     return spec.id
 
 
-def generate_corpus(out_dir: str | os.PathLike, num_clips: int = 2000, seed: int = 0, size: int = 64, *,
+def generate_corpus(out_dir: str | os.PathLike, num_clips: int = 2000, seed: int = 0, size: int = 32, *,
                     num_workers: int | None = None, overwrite: bool = False, progress: bool | None = None,
                     **kwargs: Any) -> Path:
     """Generate the Moving-Digits corpus into ``out_dir`` and return the manifest path.

@@ -31,7 +31,8 @@ BAD = {"bad_empty", "bad_text", "bad_truncated", "missing"}
 def corpus(tmp_path_factory):
     """10 Moving-Digits clips (32x32) plus bad files and a silent video appended to the manifest."""
     root = tmp_path_factory.mktemp("tok")
-    manifest = generate_corpus(root / "md", num_clips=10, seed=1, size=32, num_workers=0, progress=False)
+    manifest = generate_corpus(root / "md", num_clips=10, seed=2, size=32, num_frames=17, num_workers=0,
+                               progress=False)
     bad = root / "md" / "bad"
     bad.mkdir()
     (bad / "empty.mp4").write_bytes(b"")
@@ -203,9 +204,9 @@ def test_clips_the_tokenizers_reject_are_reported_not_fatal(corpus):
 def test_shipped_configs_load():
     from recipes.common import load_config
 
-    for name in ("tokenize_demo.yaml", "tokenize_folder.yaml"):
+    for name, frames in (("tokenize_demo.yaml", 9), ("tokenize_folder.yaml", 17)):
         cfg = load_config(TokenizeConfig, REPO / "recipes" / "configs" / name)
-        assert cfg.num_frames == 17 and cfg.fps == 8 and cfg.shard_size > 0
+        assert cfg.num_frames == frames and cfg.fps == 8 and cfg.shard_size > 0
     with pytest.raises(SystemExit, match="missing setting: data"):
         run(load_config(TokenizeConfig, REPO / "recipes" / "configs" / "tokenize_folder.yaml"))
 

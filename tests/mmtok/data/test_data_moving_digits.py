@@ -16,9 +16,11 @@ from mmtok.data.moving_digits import (
     DIGIT_WORDS,
     GROUND_TRUTH_FIELDS,
     MANIFEST_FIELDS,
+    HELD_OUT_TEMPLATES,
     CorpusConfig,
     digit_frequency,
     generate_corpus,
+    held_out_caption,
     load_ground_truth,
 )
 
@@ -46,7 +48,7 @@ def test_layout_and_fields(corpus):
     assert [r["id"] for r in manifest] == [r["id"] for r in truth]
     for r in manifest:
         info = probe(corpus / r["video"])
-        assert (info.width, info.height, info.fps, info.num_frames) == (64, 64, 8.0, 17)
+        assert (info.width, info.height, info.fps, info.num_frames) == (32, 32, 8.0, 9)
         assert info.sample_rate == 16000 and info.channels == 1
 
 
@@ -62,10 +64,10 @@ def test_glyph_sits_where_ground_truth_says(corpus):
     truth = load_ground_truth(corpus)
     for gt in list(truth.values())[:8]:
         frames = read_video(corpus / "clips" / f"{gt['id']}.mp4").astype(np.float64)
-        assert frames.shape == (17, 64, 64, 3)
+        assert frames.shape == (9, 32, 32, 3)
         ink = frames.sum(-1)                                              # [T, H, W], background is black
-        ys, xs = np.mgrid[0:64, 0:64] + 0.5
-        for t in range(17):
+        ys, xs = np.mgrid[0:32, 0:32] + 0.5
+        for t in range(9):
             w = np.where(ink[t] > 60, ink[t], 0.0)
             cx, cy = (w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()
             assert abs(cx - gt["centroids"][t][0]) < 1.0 and abs(cy - gt["centroids"][t][1]) < 1.0
@@ -79,7 +81,7 @@ def test_glyph_sits_where_ground_truth_says(corpus):
         strong = frames[ink > np.percentile(ink, 99.5)].mean(0)
         nearest = min(COLORS, key=lambda c: np.abs(np.asarray(COLORS[c]) - strong).sum())
         assert nearest == gt["color"]
-        np.testing.assert_allclose(strong, gt["color_rgb"], atol=60)
+        np.testing.assert_allclose(strong, gt["color_rgb"], atol=100)
 
 
 def test_bounces_follow_the_trajectory(corpus):
@@ -90,25 +92,35 @@ def test_bounces_follow_the_trajectory(corpus):
                  if np.any(np.sign(step[k]) * np.sign(step[k - 1]) < 0)]
         # every visible direction reversal is a recorded bounce (a bounce can also hide inside one step)
         assert set(flips) <= set(gt["bounce_frames"]) | {f + 1 for f in gt["bounce_frames"]}
-        assert boxes.min() >= 0 and boxes.max() <= 64 - gt["glyph_size"]
+        assert boxes.min() >= 0 and boxes.max() <= 32 - gt["glyph_size"]
         assert gt["bounce_times"] == [k / 8 for k in gt["bounce_frames"]]
 
 
-def test_audio_pitch_and_clicks(corpus):
+def test_audio_pitch_and_strikes(corpus):
     truth = load_ground_truth(corpus)
     with_bounce = [g for g in truth.values() if g["bounce_frames"]][:4]
     assert with_bounce
     for gt in with_bounce:
         audio = read_audio(corpus / "clips" / f"{gt['id']}.mp4", sample_rate=16000)
-        assert audio.shape == (34000,)
+        assert audio.shape == (18000,)
         spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
         peak = np.argmax(spectrum) * 16000 / len(audio)
         assert abs(peak - digit_frequency(gt["digit"])) < 3
-        # the click: a burst of energy (high-passed by differencing) right at each bounce time
-        hp = np.abs(np.diff(audio))
+        # the strike: the tone's envelope (20 ms RMS) jumps right after each bounce time, having decayed before it
+        rms = np.sqrt(np.convolve(audio ** 2, np.ones(320) / 320, mode="same"))
         for k in gt["bounce_frames"]:
             s = int(k / 8 * 16000)
-            assert hp[s:s + 160].max() > 4 * np.median(hp) + 0.05
+            assert rms[s + 240:s + 400].max() > 1.3 * rms[s - 400:s - 240].max(), (gt["id"], k)
+
+
+def test_first_moves_are_clear_of_the_edges(corpus):
+    # a bounce on the first step would show the opposite of the captioned direction
+    for gt in load_ground_truth(corpus).values():
+        assert all(k > CorpusConfig().clear_steps for k in gt["bounce_frames"]), gt["bounce_frames"]
+        dx, dy = np.subtract(gt["boxes"][2], gt["boxes"][0])
+        vx, vy = gt["velocity"]
+        assert np.sign(round(dx)) == np.sign(round(vx, 3)) or abs(dx) <= 1
+        assert np.sign(round(dy)) == np.sign(round(vy, 3)) or abs(dy) <= 1
 
 
 def test_splits_and_held_out_combinations(corpus):
@@ -163,4 +175,42 @@ def test_cli(tmp_path):
                     "--size", "32", "--workers", "0"], check=True, capture_output=True,
                    env={"MMTOK_PROGRESS": "0", "PATH": "/usr/bin:/bin"})
     assert len(read_jsonl(out / "manifest.jsonl")) == 6
-    assert read_video(out / "clips" / "md00000.mp4").shape == (17, 32, 32, 3)
+    assert read_video(out / "clips" / "md00000.mp4").shape == (9, 32, 32, 3)
+
+
+def test_held_out_phrasings_never_match_training_captions(corpus):
+    manifest = read_jsonl(corpus / "manifest.jsonl")
+    seen = {c for r in manifest for c in r["captions"]}
+    truth = load_ground_truth(corpus)
+    for i, r in enumerate(manifest):
+        gt = truth[r["id"]]
+        for k in range(len(HELD_OUT_TEMPLATES)):
+            caption = held_out_caption(gt["digit"], gt["color"], gt["direction"], i + k)
+            assert caption not in seen
+            assert gt["color"] in caption.lower()
+            assert DIGIT_WORDS[gt["digit"]] in caption.lower() or str(gt["digit"]) in caption
+    # no held-out template is a training template (so no content fills it into a training caption)
+    from mmtok.data.moving_digits import _TEMPLATES
+    assert not set(HELD_OUT_TEMPLATES) & set(_TEMPLATES)
+
+
+def test_glyphs_per_digit_limits_the_hands():
+    from mmtok.data.moving_digits import _load_glyphs, sample_clip_specs, typical_glyphs
+
+    specs, _ = sample_clip_specs(CorpusConfig(num_clips=300, seed=0, glyphs_per_digit=1))
+    hands = {}
+    for s in specs:
+        hands.setdefault(s.digit, set()).add(s.glyph_sample_index)
+    images, targets = _load_glyphs()
+    assert hands == {d: {int(typical_glyphs(images, targets, d)[0])} for d in range(10)}
+    # the most typical hand is nearer its digit's mean image than the average hand is
+    for d in range(10):
+        order = typical_glyphs(images, targets, d)
+        assert sorted(order.tolist()) == np.flatnonzero(targets == d).tolist()
+        mean = images[order].mean(0)
+        dist = ((images[order] - mean) ** 2).sum((1, 2))
+        assert dist[0] == dist.min() and dist[0] < dist.mean()
+    every, _ = sample_clip_specs(CorpusConfig(num_clips=300, seed=0))
+    assert len({s.glyph_sample_index for s in every}) > 100
+    with pytest.raises(ValueError, match="glyphs_per_digit"):
+        CorpusConfig(glyphs_per_digit=0)
