@@ -4,11 +4,11 @@ Cases (each in a fresh child process, so peak memory is the case's own):
     encodec_24k   mmtok's ``encodec_24k`` preset (14.9 M parameters, 2-layer LSTM, 75 Hz) at 6 kbps (8 levels)
     hf_encodec    ``transformers.EncodecModel(EncodecConfig())`` (the 24 kHz model, randomly initialized, codebooks
                   drawn at random because HF leaves them at zero) at bandwidth 6.0
-    demo          mmtok's ``demo`` preset (16 kHz, 25 Hz) at all 8 levels
+    demo          mmtok's ``demo`` preset (16 kHz, 32 Hz frame codec) at all 8 levels
 Each case encodes and then decodes ``--seconds`` of mono audio (batch 1) after a warm-up, ``--repeats`` times, and
 reports the median encode and decode times, the real-time factor (audio seconds per second of encode + decode) and
 the peak resident memory the calls added over what the process held once the model and input were built.
-``demo_batch`` also times the demo preset on a batch of 16 Moving-Digits-length clips (2.125 s), the shape
+``demo_batch`` also times the demo preset on a batch of 16 Moving-Digits-length clips (1.125 s), the shape
 ``make demo`` tokenizes.
 
 The cases run ``--rounds`` times, interleaved (every case once per round, each time in a new process, the order
@@ -83,7 +83,7 @@ def run_case(case: str, seconds: float, repeats: int, threads: int) -> dict:
             return model.decode(codes)
         batch = 16 if case == "demo_batch" else 1
         if case == "demo_batch":
-            seconds = 17 / 8
+            seconds = 9 / 8
     wav = torch.randn(batch, 1, int(seconds * sr)) * 0.1
     base = _rss_mib()                                           # model and input built, nothing run yet
     with torch.inference_mode():

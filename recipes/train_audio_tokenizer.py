@@ -56,6 +56,10 @@ class DataConfig:
     split: str | None = "train"            # manifest split used for training (None = all records)
     val_split: str | None = "validation"   # manifest split for periodic evaluation (None = hold out train files)
     crop_seconds: float = 1.0               # random crop length (rounded down to whole frames)
+    # Crops start on a whole codec frame (hop) from the file's start, as tokenization sees clips (from sample 0).
+    # For media whose events sit on a fixed grid (the demo corpus: tones with whole periods per frame, strikes on
+    # frame boundaries) this keeps every frame's waveform in one phase; off for general audio (any offset).
+    crop_on_frames: bool = False
     max_files: int = 0                      # 0 = all
     num_val_clips: int = 16
 
@@ -169,8 +173,9 @@ class AudioClips:
         return ", ".join(f"{n} x {r}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
     def random_batch(self, generator: torch.Generator, batch_size: int, num_samples: int,
-                     indices: Sequence[int] | None = None) -> torch.Tensor:
-        """``[batch_size, 1, num_samples]`` random crops (short clips zero-padded), drawn with ``generator``."""
+                     indices: Sequence[int] | None = None, align: int = 1) -> torch.Tensor:
+        """``[batch_size, 1, num_samples]`` random crops (short clips zero-padded), drawn with ``generator``; every
+        crop starts at a multiple of ``align`` samples."""
         pool = list(indices) if indices is not None else list(range(len(self)))
         crops = []
         tries = 0
@@ -183,7 +188,7 @@ class AudioClips:
             if wave is None or wave.numel() == 0:
                 continue
             if wave.numel() > num_samples:
-                off = int(torch.randint(wave.numel() - num_samples + 1, (1,), generator=generator))
+                off = align * int(torch.randint((wave.numel() - num_samples) // align + 1, (1,), generator=generator))
                 wave = wave[off:off + num_samples]
             else:
                 wave = torch.nn.functional.pad(wave, (0, num_samples - wave.numel()))
@@ -292,7 +297,8 @@ def train(cfg: AudioTokenizerTrainConfig, resume: bool = False) -> dict[str, Any
         # Everything random in this step derives from (seed, step, rank): exact resume, distinct shards per rank.
         torch.manual_seed(cfg.train.seed * 1_000_003 + step * 97 + accelerator.process_index)
         gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + step * 31 + accelerator.process_index)
-        wav = train_data.random_batch(gen, cfg.train.batch_size, crop, train_indices).to(accelerator.device)
+        wav = train_data.random_batch(gen, cfg.train.batch_size, crop, train_indices,
+                                      align=hop if cfg.data.crop_on_frames else 1).to(accelerator.device)
         adv_on = disc is not None and step >= cfg.loss.adversarial_start
 
         out = model(wav)

@@ -6,17 +6,19 @@ each latent frame into ``n_q`` codes (coarse to fine, so any prefix of the level
 with transposed convolutions makes the waveform again. Trained with quantizer dropout, one model serves every
 bitrate ``kbps = n_q * log2(codebook_size) * frame_rate / 1000``.
 
-Layout (``demo`` preset, 16 kHz, patch 16, ratios (5, 8), shapes ``[B, C, N]``):
+Layout (``soundstream_24k`` preset, 24 kHz, ratios (2, 4, 5, 8), shapes ``[B, C, N]``):
 
-    wav [B,1,N]                    (N padded up to a multiple of hop = 16 * 5 * 8 = 640)
-      -> patchify 16               [B,16,N/16]     (16 consecutive samples -> channels; the convs run at 1 kHz)
-      -> conv k7                   [B,32,N/16]
-      -> 3 residual units (dil 1,3,9), ELU, conv k10 s5   [B,64,N/80]
-      -> 3 residual units, ELU, conv k16 s8               [B,128,N/640]
-      -> ELU, conv k7 -> latent    [B,64,F]        F = N / 640 (25 frames per second)
-      -> RVQ (channel-last)        codes [B,8,F] in [0, 256)
-    decoder: conv k7 -> [B,128,F], then per stride ELU, transposed conv (kernel 2s), residual units,
-      ELU, conv k7 -> [B,16,N/16], unpatchify -> [B,1,N]
+    wav [B,1,N]                    (N padded up to a multiple of hop = 2 * 4 * 5 * 8 = 320)
+      -> conv k7                   [B,32,N]
+      -> per stride s in (2, 4, 5, 8): 3 residual units (dil 1,3,9), ELU, conv k2s stride s  (channels double)
+                                   [B,512,N/320]
+      -> ELU, conv k7 -> latent    [B,128,F]       F = N / 320 (75 frames per second)
+      -> RVQ (channel-last)        codes [B,8,F] in [0, 1024)
+    decoder: conv k7 -> [B,512,F], then per stride ELU, transposed conv (kernel 2s), residual units,
+      ELU, conv k7 -> [B,1,N]
+
+``patch_size`` folds that many consecutive samples into channels before the first conv, so the convs run at
+``rate / patch_size`` (the ``demo`` preset folds a whole 500-sample frame and runs every conv at 32 Hz).
 
 Streaming (``causal=True``): every conv pads from the past only, so frame ``t`` depends on samples ``< (t+1)*hop``.
 :meth:`AudioTokenizer.stream_encoder` / :meth:`AudioTokenizer.stream_decoder` carry each conv's unconsumed input

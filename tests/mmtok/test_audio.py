@@ -51,7 +51,7 @@ def test_preset_shapes_and_interface(preset):
 
 
 def test_preset_sizes_match_the_documented_settings():
-    assert AudioTokenizerConfig.from_preset("demo").frame_rate == 25.0          # 16 kHz, hop 640
+    assert AudioTokenizerConfig.from_preset("demo").frame_rate == 32.0          # 16 kHz, hop 500
     assert AudioTokenizerConfig.from_preset("soundstream_24k").hop_length == 320
     enc = AudioTokenizerConfig.from_preset("encodec_24k")
     assert enc.frame_rate == 75.0 and enc.kbps(8) == pytest.approx(6.0) and enc.kbps(32) == pytest.approx(24.0)
@@ -312,13 +312,13 @@ def test_mel_features_and_losses():
 def test_streaming_demo_preset_in_50ms_chunks():
     torch.manual_seed(0)
     tok = AudioTokenizer.from_preset("demo", kmeans_init=False).eval()
-    wav = tone(34000, freq=523.0) + 0.02 * torch.randn(1, 1, 34000)   # a Moving-Digits-length clip
+    wav = tone(18000, freq=512.0) + 0.02 * torch.randn(1, 1, 18000)   # a Moving-Digits-length clip
     codes = tok.encode(wav, num_quantizers=4)
     enc = tok.stream_encoder(num_quantizers=4)
-    parts = [enc.encode(wav[..., i:i + 800]) for i in range(0, 34000, 800)] + [enc.flush()]
-    assert torch.equal(torch.cat(parts, dim=-1), codes) and codes.shape == (1, 4, 54)
+    parts = [enc.encode(wav[..., i:i + 800]) for i in range(0, 18000, 800)] + [enc.flush()]
+    assert torch.equal(torch.cat(parts, dim=-1), codes) and codes.shape == (1, 4, 36)
     dec = tok.stream_decoder()
-    out = torch.cat([dec.decode(codes[..., i:i + 5]) for i in range(0, 54, 5)], dim=-1)
+    out = torch.cat([dec.decode(codes[..., i:i + 5]) for i in range(0, 36, 5)], dim=-1)
     torch.testing.assert_close(out, tok.decode(codes), atol=1e-5, rtol=1e-4)
 
 

@@ -87,3 +87,22 @@ def test_recipe_rejects_bad_config(tmp_path):
         train_main(["--config", CONFIG, f"run_dir={tmp_path}"])
     with pytest.raises(Exception, match="nope"):
         train_main(["--config", CONFIG, f"run_dir={tmp_path}", "train.nope=1"])
+
+
+def test_crops_start_on_frames_when_asked(tmp_path):
+    from recipes.train_audio_tokenizer import AudioClips
+
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, 8000).astype(np.float32)   # no two windows alike
+    write_audio(tmp_path / "noise.wav", noise, 16000)
+    clips = AudioClips(paths=[str(tmp_path / "noise.wav")], sample_rate=16000)
+    whole = clips.get(0)
+    gen = torch.Generator().manual_seed(0)
+    for align in (1, 500):
+        crops = clips.random_batch(gen, 16, 1000, align=align)[:, 0]
+        assert crops.shape == (16, 1000)
+        offsets = []
+        for c in crops:   # where each crop sits in the file
+            offsets.append(next(o for o in range(whole.numel() - 999) if torch.equal(whole[o:o + 1000], c)))
+        assert all(o % align == 0 for o in offsets)
+        if align == 1:
+            assert any(o % 500 for o in offsets)
