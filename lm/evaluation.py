@@ -34,12 +34,12 @@ import numpy as np
 import torch
 
 from mmtok.data.moving_digits import COLORS, DIRECTIONS, load_ground_truth
-from mmtok.metrics import psnr, si_snr, ssim
+from mmtok.metrics import mean_interval, psnr, si_snr, ssim, wilson_interval
 from mmtok.probes import MovingDigitsProbe, centroid_track, click_f1
 
 __all__ = ["Clip", "Metric", "load_clips", "make_probe", "score_t2v", "score_v2a", "score_continuation",
            "copy_last_frame", "trajectory_error", "tokenizer_reconstruction", "lm_task_losses", "alignment_metrics",
-           "metrics_table"]
+           "format_interval", "format_value", "metrics_table"]
 
 
 # ------------------------------------------------------------------------------------------------------ records
@@ -55,6 +55,7 @@ class Metric:
         n: number of samples behind ``value``.
         reference: the probe's score on the ground truth itself (its ceiling), when meaningful.
         unit: ``""`` (fractions), ``"dB"``, ``"px"``, ``"nats/token"``.
+        interval: the 95% confidence interval of ``value`` (Wilson for accuracies, normal for means), when known.
     """
 
     name: str
@@ -65,6 +66,7 @@ class Metric:
     n: int = 0
     reference: float | None = None
     unit: str = ""
+    interval: tuple[float, float] | None = None
 
     @property
     def beats_baseline(self) -> bool | None:
@@ -76,6 +78,8 @@ class Metric:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["beats_baseline"] = self.beats_baseline
+        if self.interval is not None:
+            d["interval"] = [_finite_or_none(float(v)) for v in self.interval]
         return {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in d.items()}
 
 
@@ -170,12 +174,13 @@ def score_t2v(probe: MovingDigitsProbe, generated: Sequence[np.ndarray], truths:
               "direction": (1 / len(DIRECTIONS), f"chance (1/{len(DIRECTIONS)})")}
     metrics = []
     for key in ("digit", "color", "direction"):
-        value = float(np.mean([r["correct"][key] for r in records])) if records else float("nan")
+        hits = sum(bool(r["correct"][key]) for r in records)
+        value = hits / len(records) if records else float("nan")
         ref = None
         if refs:
             ref = float(np.mean([getattr(r, key) == t[key] for r, t in zip(refs, truths)]))
         metrics.append(Metric(f"{prefix}/{key}_accuracy", value, chance[key][0], chance[key][1], True,
-                              len(records), ref))
+                              len(records), ref, interval=wilson_interval(hits, len(records))))
     return metrics, records
 
 
@@ -217,8 +222,11 @@ def score_v2a(probe: MovingDigitsProbe, generated: Sequence[np.ndarray], truths:
     b_rand = float(np.mean(rand_f1)) if n else float("nan")
     click_base, click_name = (b_none, f"no clicks ({b_none:.2f}; random clicks {b_rand:.2f})") if b_none >= b_rand \
         else (b_rand, f"random clicks ({b_rand:.2f}; no clicks {b_none:.2f})")
-    return [Metric(f"{prefix}/pitch_accuracy", pitch, 0.1, "random digit (1/10)", True, n, ref_pitch),
-            Metric(f"{prefix}/click_f1", f1, click_base, click_name, True, n, ref_f1)], records
+    hits = sum(bool(r["correct"]["digit"]) for r in records)
+    return [Metric(f"{prefix}/pitch_accuracy", pitch, 0.1, "random digit (1/10)", True, n, ref_pitch,
+                   interval=wilson_interval(hits, n)),
+            Metric(f"{prefix}/click_f1", f1, click_base, click_name, True, n, ref_f1,
+                   interval=mean_interval(f1s))], records
 
 
 # ------------------------------------------------------------------------------------------------ continuation
@@ -277,9 +285,10 @@ def score_continuation(generated_new: Sequence[np.ndarray], contexts: Sequence[n
     def mean(xs):
         return float(np.mean(xs)) if xs else float("nan")
 
-    return [Metric("continuation/psnr", mean(p_gen), mean(p_copy), "copy last frame", True, n, unit="dB"),
+    return [Metric("continuation/psnr", mean(p_gen), mean(p_copy), "copy last frame", True, n, unit="dB",
+                   interval=mean_interval(p_gen)),
             Metric("continuation/trajectory_error", mean(e_gen), mean(e_copy), "copy last frame", False, n,
-                   unit="px")], records
+                   unit="px", interval=mean_interval(e_gen))], records
 
 
 # ------------------------------------------------------------------------------------------------- tokenizers
@@ -427,31 +436,46 @@ def alignment_metrics(model: Any, bundle: Any, shards: str | Path, corpus_dir: s
             out.append(Metric(f"align/{direction}_median_rank", value, (n + 1) / 2, "random ranking", False, n))
         else:
             k = int(stat.split("@")[1])
-            out.append(Metric(f"align/{direction}_{stat}", value, min(1.0, k / n), "random ranking", True, n))
+            queries = len(texts) if direction.startswith("t2") else n        # each caption queries once
+            out.append(Metric(f"align/{direction}_{stat}", value, min(1.0, k / n), "random ranking", True, queries,
+                              interval=wilson_interval(round(value * queries), queries)))
     prompt_ids = [vocab.to_global("text", bundle.text.encode(p)) for p in digit_prompts(prompt, DIGIT_NAMES)]
     result = zero_shot_classification(model, video_ids, labels, prompt_ids)
-    out.append(Metric("align/zero_shot_digit_accuracy", float(result["accuracy"]), float(result["chance"]),
-                      "chance (1/10)", True, n))
+    accuracy = float(result["accuracy"])
+    out.append(Metric("align/zero_shot_digit_accuracy", accuracy, float(result["chance"]), "chance (1/10)", True, n,
+                      interval=wilson_interval(round(accuracy * n), n)))
     return out
 
 
 # ------------------------------------------------------------------------------------------------------- table
+def format_value(metric: dict[str, Any], value: float | None) -> str:
+    """A metric's value as the tables show it: accuracies in percent, others with their unit."""
+    if value is None:
+        return "n/a"
+    if metric["name"].endswith("accuracy"):
+        return f"{100 * value:.1f}%"
+    unit = metric.get("unit", "")
+    return f"{value:.3g}{(' ' + unit) if unit else ''}"
+
+
+def format_interval(metric: dict[str, Any]) -> str:
+    """``[low, high]`` of a metric dict's ``interval`` (``"n/a"`` without one)."""
+    interval = metric.get("interval")
+    if not interval or any(v is None for v in interval):
+        return "n/a"
+    if metric["name"].endswith("accuracy"):
+        return f"[{100 * interval[0]:.0f}, {100 * interval[1]:.0f}]%"
+    return f"[{interval[0]:.3g}, {interval[1]:.3g}]"
+
+
 def metrics_table(metrics: Sequence[Metric | dict[str, Any]]) -> str:
     """A markdown table: metric, model, baseline (which), probe on ground truth, n, better than baseline."""
-    lines = ["| metric | model | baseline | probe on ground truth | n | beats baseline |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| metric | model | 95% interval | baseline | probe on ground truth | n | beats baseline |",
+             "|---|---|---|---|---|---|---|"]
     for m in metrics:
         d = m.to_dict() if isinstance(m, Metric) else m
-
-        def fmt(v, unit=d.get("unit", "")):
-            if v is None:
-                return "n/a"
-            if d["name"].endswith("accuracy"):
-                return f"{100 * v:.1f}%"
-            return f"{v:.3g}{(' ' + unit) if unit else ''}"
-
-        arrow = "↑" if d["higher_is_better"] else "↓"
-        beats = {True: "yes", False: "**no**", None: "n/a"}[d.get("beats_baseline")]
-        lines.append(f"| {d['name']} {arrow} | {fmt(d['value'])} | {fmt(d['baseline'])} ({d['baseline_name']}) | "
-                     f"{fmt(d.get('reference'))} | {d['n']} | {beats} |")
+        lines.append(f"| {d['name']} {'↑' if d['higher_is_better'] else '↓'} | {format_value(d, d['value'])} | "
+                     f"{format_interval(d)} | {format_value(d, d['baseline'])} ({d['baseline_name']}) | "
+                     f"{format_value(d, d.get('reference'))} | {d['n']} | "
+                     f"{ {True: 'yes', False: '**no**', None: 'n/a'}[d.get('beats_baseline')]} |")
     return "\n".join(lines) + "\n"

@@ -1,7 +1,8 @@
 """Reconstruction and retrieval metrics shared by the evaluation recipes.
 
 Video: :func:`psnr`, :func:`ssim` on frames in ``[0, 1]``. Audio: :func:`si_snr`. Retrieval: :func:`retrieval_metrics`
-(R@k and median rank from a similarity matrix). All take and return tensors (or floats) and never need a GPU.
+(R@k and median rank from a similarity matrix). Uncertainty: :func:`wilson_interval` (a proportion) and
+:func:`mean_interval` (a mean). All take and return tensors (or floats) and never need a GPU.
 """
 
 from __future__ import annotations
@@ -86,6 +87,34 @@ def retrieval_metrics(similarity: torch.Tensor, positives: torch.Tensor | None =
     out = {f"R@{k}": float((first_hit <= k).float().mean()) for k in ks}
     out["median_rank"] = float(first_hit.float().median())
     return out
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (95% for ``z = 1.96``).
+
+    Unlike the normal approximation it stays inside [0, 1] and is not degenerate at 0 or n successes, which is where
+    a small evaluation's accuracies often land. ``n = 0`` gives ``(nan, nan)``.
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must lie in [0, n={n}], got {successes}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_interval(values, z: float = 1.96) -> tuple[float, float]:
+    """Normal-approximation interval ``mean +- z * sd / sqrt(n)`` of a sample mean (``(nan, nan)`` below 2 values)."""
+    x = torch.as_tensor(list(values), dtype=torch.float64)
+    x = x[torch.isfinite(x)]
+    if x.numel() < 2:
+        return float("nan"), float("nan")
+    half = z * float(x.std(unbiased=True)) / math.sqrt(x.numel())
+    m = float(x.mean())
+    return m - half, m + half
 
 
 def _check_same_shape(a: torch.Tensor, b: torch.Tensor, name: str) -> None:

@@ -1,5 +1,5 @@
-"""The demo's web page: ``<out>/index.html`` with generated clips beside the ground truth, the metrics table and the
-training curves.
+"""The demo's web page: ``<out>/index.html`` with generated clips beside the ground truth first, then the targets
+with their 95% intervals and tokenizer ceilings, the full metric list, the training curves and the stage times.
 
     python recipes/demo_page.py outputs/demo            # (re)write outputs/demo/index.html from what the demo wrote
 
@@ -25,6 +25,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lm.evaluation import format_interval, format_value  # noqa: E402
 from recipes.common import atomic_write_text, read_metrics  # noqa: E402
 
 RUNS = (("video_tokenizer", "Video tokenizer"), ("audio_tokenizer", "Audio tokenizer"), ("lm", "Token LM"))
@@ -127,26 +128,62 @@ def _e(x: Any) -> str:
     return html.escape(str(x))
 
 
-def _fmt(v: Any, name: str, unit: str) -> str:
-    if v is None:
-        return "n/a"
-    if name.endswith("accuracy"):
-        return f"{100 * v:.1f}%"
-    return f"{v:.3g}{(' ' + unit) if unit else ''}"
-
-
 def metrics_html(doc: dict[str, Any]) -> str:
-    rows = ["<table><tr><th>metric</th><th>model</th><th>baseline</th><th>probe on ground truth</th><th>n</th>"
-            "<th>beats baseline</th></tr>"]
+    """The full metric list: value, 95% interval, baseline, the probe on ground truth, n."""
+    rows = ["<table><tr><th>metric</th><th>model</th><th>95% interval</th><th>baseline</th>"
+            "<th>probe on ground truth</th><th>n</th><th>beats baseline</th></tr>"]
     for m in doc.get("metrics", []):
-        unit = m.get("unit", "")
         beats = m.get("beats_baseline")
         cls, word = {True: ("yes", "yes"), False: ("no", "no"), None: ("", "n/a")}[beats]
         arrow = "&uarr;" if m.get("higher_is_better", True) else "&darr;"
-        rows.append(f"<tr><td>{_e(m['name'])} {arrow}</td><td>{_fmt(m['value'], m['name'], unit)}</td>"
-                    f"<td>{_fmt(m['baseline'], m['name'], unit)} <small>({_e(m['baseline_name'])})</small></td>"
-                    f"<td>{_fmt(m.get('reference'), m['name'], unit)}</td><td>{m.get('n', '')}</td>"
+        rows.append(f"<tr><td>{_e(m['name'])} {arrow}</td><td>{_e(format_value(m, m['value']))}</td>"
+                    f"<td>{_e(format_interval(m))}</td>"
+                    f"<td>{_e(format_value(m, m['baseline']))} <small>({_e(m['baseline_name'])})</small></td>"
+                    f"<td>{_e(format_value(m, m.get('reference')))}</td><td>{m.get('n', '')}</td>"
                     f"<td class='{cls}'>{word}</td></tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+# The demo's targets (issue 13): (label, metric, comparison, target, ceiling metric). ``"baseline"`` as the target
+# means "better than the metric's own baseline" (copy-last-frame for continuation).
+TARGETS: tuple[tuple[str, str, str, float | str, str | None], ...] = (
+    *((f"video tokenizer ceiling: {k}", f"tokenizer_recon/{k}_accuracy", ">=", 0.95, None)
+      for k in ("digit", "color", "direction")),
+    *((f"t2v {label}: {k}", f"{prefix}/{k}_accuracy", ">=", 0.8, f"tokenizer_recon/{k}_accuracy")
+      for prefix, label in (("t2v", "seen combinations"), ("t2v_held_out", "held-out combinations"),
+                            ("t2v_phrasing", "held-out phrasings"))
+      for k in ("digit", "color", "direction")),
+    ("v2a pitch", "v2a/pitch_accuracy", ">=", 0.8, "tokenizer_recon/pitch_accuracy"),
+    ("v2a bounce-click F1", "v2a/click_f1", ">=", 0.7, "tokenizer_recon/click_f1"),
+    ("continuation PSNR", "continuation/psnr", ">", "baseline", None),
+    ("continuation trajectory error", "continuation/trajectory_error", "<", "baseline", None),
+    ("zero-shot text->video R@1", "align/t2v_R@1", ">=", 0.25, None),
+)
+
+
+def targets_html(doc: dict[str, Any], stages: dict[str, Any], budget_minutes: float = 25.0) -> str:
+    """The short table: each target, this run's figure with its 95% interval, the tokenizer ceiling, and whether it
+    holds; then the demo's wall time against its budget."""
+    by = {m["name"]: m for m in doc.get("metrics", [])}
+    rows = ["<table><tr><th>target</th><th>this run</th><th>95% interval</th><th>needed</th>"
+            "<th>tokenizer ceiling</th><th>holds</th></tr>"]
+    for label, name, op, target, ceiling in TARGETS:
+        m = by.get(name)
+        if m is None or m.get("value") is None:
+            continue
+        goal = m["baseline"] if target == "baseline" else target
+        value = m["value"]
+        holds = {">=": value >= goal, ">": value > goal, "<": value < goal}[op]
+        need = f"{op} {format_value(m, goal)}" + (f" ({m['baseline_name']})" if target == "baseline" else "")
+        ceil = by.get(ceiling) if ceiling else None
+        rows.append(f"<tr><td>{_e(label)}</td><td>{_e(format_value(m, value))}</td><td>{_e(format_interval(m))}</td>"
+                    f"<td>{_e(need)}</td><td>{_e(format_value(ceil, ceil['value']) if ceil else '')}</td>"
+                    f"<td>{_mark(holds)}</td></tr>")
+    total = sum(r.get("seconds") or 0.0 for r in stages.values())
+    if total:
+        rows.append(f"<tr><td>demo wall time (stages.json)</td><td>{total / 60:.1f} min</td><td></td>"
+                    f"<td>&lt;= {budget_minutes:g} min</td><td></td><td>{_mark(total <= 60 * budget_minutes)}</td></tr>")
     rows.append("</table>")
     return "\n".join(rows)
 
@@ -171,6 +208,7 @@ def samples_html(samples: dict[str, list[dict[str, Any]]], base: str) -> str:
     parts = []
     titles = {"t2v": "Text to video (combinations seen in training)",
               "t2v_held_out": "Text to video (held-out combinations, never seen in training)",
+              "t2v_phrasing": "Text to video (prompts in phrasings no training caption uses)",
               "v2a": "Video to audio (test clips; the generated soundtrack muxed with the input video)",
               "continuation": "Continuation (test clips: the model sees the first frames and continues)"}
     for task, title in titles.items():
@@ -237,12 +275,6 @@ def write_page(out_dir: str | Path, *, title: str = "mmtok demo") -> Path:
                 "<p>Every number sits beside its chance or trivial baseline and beside what the probe reads on the "
                 "ground truth itself (its ceiling). Generated media are read back by the same probe.</p>",
                 "<p id='media-status'>media: loading</p>"]
-    metrics_path = out / "eval" / "metrics.json"
-    if metrics_path.is_file():
-        doc = json.loads(metrics_path.read_text())
-        sections.append("<h2>Metrics</h2>" + metrics_html(doc))
-    else:
-        sections.append(f"<h2>Metrics</h2><p>Not evaluated yet ({_e(metrics_path)} is missing).</p>")
     prompts_path = out / "generated" / "prompts.json"
     if prompts_path.is_file():
         cards = "".join(f"<div class='card'><div class='caption'>&ldquo;{_e(p['prompt'])}&rdquo;</div>"
@@ -252,6 +284,15 @@ def write_page(out_dir: str | Path, *, title: str = "mmtok demo") -> Path:
     samples_path = out / "eval" / "samples.json"
     if samples_path.is_file():
         sections.append(samples_html(json.loads(samples_path.read_text()), "eval/samples"))
+    stages_path = out / "stages.json"
+    stages = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
+    metrics_path = out / "eval" / "metrics.json"
+    if metrics_path.is_file():
+        doc = json.loads(metrics_path.read_text())
+        sections.append("<h2>Targets</h2>" + targets_html(doc, stages))
+        sections.append("<h2>Metrics</h2>" + metrics_html(doc))
+    else:
+        sections.append(f"<h2>Metrics</h2><p>Not evaluated yet ({_e(metrics_path)} is missing).</p>")
     plots = []
     for run, name in RUNS:
         png = plot_run(out / run, out / "plots" / f"{run}.png", f"{name} training")
@@ -259,9 +300,7 @@ def write_page(out_dir: str | Path, *, title: str = "mmtok demo") -> Path:
             plots.append(f"<h3>{_e(name)}</h3><img src='plots/{png.name}' alt='{_e(name)} training curves'>")
     sections.append("<h2>Training curves</h2><div class='plots'>" + ("".join(plots) or "<p>No runs yet.</p>")
                     + "</div>")
-    stages_path = out / "stages.json"
-    sections.append("<h2>Stage times</h2>" + stages_html(json.loads(stages_path.read_text())
-                                                         if stages_path.is_file() else {}))
+    sections.append("<h2>Stage times</h2>" + stages_html(stages))
     page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
             f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(sections)
             + f"\n<script>{SCRIPT}</script>\n</body></html>\n")

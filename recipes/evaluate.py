@@ -14,6 +14,7 @@ metric                         how                                              
 t2v/{digit,color,direction}    probe on clips generated from test captions of   chance: 1/10, 1/6, 1/8
 _accuracy                      combinations seen in training
 t2v_held_out/...               the same on held-out (test-only) combinations    chance
+t2v_phrasing/...               seen test clips prompted in held-out phrasings   chance
 v2a/pitch_accuracy             tone pitch of audio generated for test clips     random digit (1/10)
 v2a/click_f1                   bounce clicks within one frame (1/fps)           no clicks / random clicks
 continuation/psnr,             the last ``T - context_frames`` frames generated copy the last observed frame
@@ -42,7 +43,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -57,6 +58,7 @@ from lm.evaluation import (  # noqa: E402
     score_continuation,
     score_t2v, score_v2a, tokenizer_reconstruction,
 )
+from mmtok.data.moving_digits import held_out_caption  # noqa: E402
 from recipes.common import atomic_write_text, build_arg_parser, load_config, progress_enabled  # noqa: E402
 
 DONE_FILE = "metrics.json"
@@ -81,12 +83,13 @@ class EvalConfig:
     shards: Optional[str] = None               # token shards for per-task LM losses and retrieval (None: skipped)
     num_alignment: int = 64                    # clips for zero-shot retrieval (models with an alignment head)
     split: str = "test"
-    num_t2v: int = 16                          # t2v prompts from combinations seen in training
-    num_t2v_held_out: int = 8                  # t2v prompts from held-out combinations
-    num_v2a: int = 16
-    num_continuation: int = 16
-    num_reconstruction: int = 16
-    context_frames: int = 9                    # observed frames before continuation (1 + 4k)
+    num_t2v: int = 48                          # t2v prompts from combinations seen in training
+    num_t2v_held_out: int = 48                 # t2v prompts from held-out combinations
+    num_t2v_phrasing: int = 48                 # t2v prompts in phrasings no training caption uses
+    num_v2a: int = 48
+    num_continuation: int = 48
+    num_reconstruction: int = 64
+    context_frames: int = 5                    # observed frames before continuation (a whole number of latent frames)
     lm_tasks: list[str] = field(default_factory=lambda: ["t2v", "v2a", "vcont"])
     lm_loss_batches: int = 4
     lm_loss_batch_size: int = 4
@@ -201,8 +204,9 @@ def run(cfg: EvalConfig, force: bool = False) -> dict[str, Any]:
         return {"truth_gif": _write_clip(samples_dir / f"gt_{c.id}.gif", c.frames, fps),
                 "truth_mp4": _write_clip(samples_dir / f"gt_{c.id}.mp4", c.frames, fps, c.audio, sr)}
 
-    # ---- text to video: seen and held-out combinations, scored separately
-    for prefix, count, held in (("t2v", cfg.num_t2v, False), ("t2v_held_out", cfg.num_t2v_held_out, True)):
+    # ---- text to video: seen and held-out combinations, and held-out phrasings, scored separately
+    for prefix, count, held in (("t2v", cfg.num_t2v, False), ("t2v_held_out", cfg.num_t2v_held_out, True),
+                                ("t2v_phrasing", cfg.num_t2v_phrasing, False)):
         if count <= 0:
             continue
         clips = load_clips(cfg.corpus, split=cfg.split, limit=count, held_out=held)
@@ -210,6 +214,9 @@ def run(cfg: EvalConfig, force: bool = False) -> dict[str, Any]:
             print(f"evaluate: no {'held-out' if held else 'seen'} clips in split {cfg.split!r}; {prefix} skipped",
                   flush=True)
             continue
+        if prefix == "t2v_phrasing":   # the same clips, prompted in phrasings no training caption uses
+            clips = [replace(c, caption=held_out_caption(c.truth["digit"], c.truth["color"], c.truth["direction"], i))
+                     for i, c in enumerate(clips)]
         t = time.time()
         print(f"evaluate: {prefix}: {len(clips)} prompts", flush=True)
         videos = generate_t2v(gen, clips, cfg, num_frames)

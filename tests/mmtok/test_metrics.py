@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mmtok.metrics import psnr, retrieval_metrics, si_snr, ssim
+from mmtok.metrics import mean_interval, psnr, retrieval_metrics, si_snr, ssim, wilson_interval
 
 
 def test_psnr_known_value_and_identity():
@@ -49,3 +49,23 @@ def test_metric_errors():
         psnr(torch.zeros(2, 2), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="non-square"):
         retrieval_metrics(torch.zeros(2, 3))
+
+
+# ---------------------------------------------------------------------------------------------------- intervals
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-3) and high == pytest.approx(0.9433, abs=1e-3)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-3)    # not degenerate at 0 successes
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-3)
+    # more samples, narrower interval around the same proportion
+    assert wilson_interval(40, 50)[1] - wilson_interval(40, 50)[0] < high - low
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(11, 10)
+
+
+def test_mean_interval_known_values():
+    low, high = mean_interval([1.0, 2.0, 3.0])
+    assert low == pytest.approx(2 - 1.96 / math.sqrt(3)) and high == pytest.approx(2 + 1.96 / math.sqrt(3))
+    assert mean_interval([5.0, 5.0, float("nan")]) == (5.0, 5.0)                 # non-finite values are dropped
+    assert all(math.isnan(v) for v in mean_interval([1.0]))

@@ -167,3 +167,26 @@ def test_page_renders_in_headless_chromium_and_media_load(demo_out, tmp_path):
     finally:
         broken.unlink()
     assert attrs["failed"] == 1, attrs
+
+
+def test_targets_table_marks_what_holds():
+    from recipes.demo_page import targets_html
+
+    def metric(name, value, baseline, interval=None, higher=True):
+        return {"name": name, "value": value, "baseline": baseline, "baseline_name": "copy last frame",
+                "higher_is_better": higher, "interval": interval, "unit": ""}
+
+    doc = {"metrics": [metric("tokenizer_recon/digit_accuracy", 0.97, 0.1, [0.9, 0.99]),
+                       metric("t2v/digit_accuracy", 0.5, 0.1, [0.36, 0.64]),
+                       metric("continuation/trajectory_error", 5.0, 6.0, higher=False)]}
+    table = targets_html(doc, {"corpus": {"seconds": 600.0}, "pretrain": {"seconds": 1200.0}})
+    rows = table.split("</tr>")
+    ceiling = next(r for r in rows if "video tokenizer ceiling: digit" in r)
+    t2v = next(r for r in rows if "t2v seen combinations: digit" in r)
+    traj = next(r for r in rows if "trajectory error" in r)
+    wall = next(r for r in rows if "wall time" in r)
+    assert "&#10003;" in ceiling and "[90, 99]%" in ceiling
+    assert "&#10007;" in t2v and "97.0%" in t2v                      # below 80%; the ceiling shown beside it
+    assert "&#10003;" in traj                                         # 5 px < 6 px copy-last-frame
+    assert "30.0 min" in wall and "&#10007;" in wall
+    assert "t2v held-out" not in table                                 # metrics not measured are left out

@@ -14,12 +14,13 @@ from lm.evaluation import (
     tokenizer_reconstruction, trajectory_error,
 )
 from mmtok.data.moving_digits import generate_corpus
+from mmtok.metrics import wilson_interval
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval") / "md"
-    generate_corpus(root, num_clips=12, seed=3, size=64, num_workers=0, progress=False)
+    generate_corpus(root, num_clips=12, seed=3, size=64, num_frames=17, num_workers=0, progress=False)
     return root
 
 
@@ -58,6 +59,9 @@ def test_t2v_on_ground_truth_is_near_perfect(probe, clips):
     assert by["t2v/color_accuracy"].baseline == pytest.approx(1 / 6)
     assert by["t2v/direction_accuracy"].baseline == pytest.approx(1 / 8)
     assert by["t2v/digit_accuracy"].reference == by["t2v/digit_accuracy"].value
+    for m in metrics:   # a Wilson interval around every accuracy, on its n samples
+        hits = round(m.value * m.n)
+        assert m.interval == pytest.approx(wilson_interval(hits, m.n)) and m.interval[0] <= m.value <= m.interval[1]
     assert all(m.beats_baseline for m in metrics) and len(records) == len(clips)
 
 
@@ -159,7 +163,7 @@ def test_tokenizer_reconstruction_ceiling_of_a_perfect_tokenizer_is_the_probe_on
 
 
 def test_metric_json_and_table():
-    m = [Metric("t2v/digit_accuracy", 0.5, 0.1, "chance (1/10)", True, 4, 1.0),
+    m = [Metric("t2v/digit_accuracy", 0.5, 0.1, "chance (1/10)", True, 4, 1.0, interval=wilson_interval(2, 4)),
          Metric("continuation/psnr", float("inf"), 20.0, "copy last frame", True, 4, unit="dB"),
          Metric("lm/loss_t2v", 3.0, 8.3, "uniform", False, 100, unit="nats/token")]
     d = [x.to_dict() for x in m]
@@ -167,4 +171,6 @@ def test_metric_json_and_table():
     table = metrics_table(m)
     assert "50.0%" in table and "10.0%" in table and "chance (1/10)" in table and "8.3 nats/token" in table
     assert table.count("\n") == 2 + len(m)
+    assert d[0]["interval"] == pytest.approx(list(wilson_interval(2, 4))) and "[15, 85]%" in table
+    assert d[1]["interval"] is None
     torch.manual_seed(0)  # keep module state tidy for other tests
