@@ -59,8 +59,9 @@ STAGES = ("corpus", "text_tokenizer", "video_tokenizer", "audio_tokenizer", "bun
 class CorpusSettings:
     num_clips: int = 2000
     seed: int = 0
-    size: int = 64
-    num_frames: int = 17
+    size: int = 32
+    num_frames: int = 9
+    glyphs_per_digit: Optional[int] = None    # handwritten samples per digit (None: all)
     workers: Optional[int] = None             # processes (None: CPU count)
 
 
@@ -228,6 +229,8 @@ class Demo:
         c = self.cfg.corpus
         cmd = [_python(), str(REPO / "data" / "moving_digits.py"), "--out", self.paths.corpus,
                "--num-clips", c.num_clips, "--seed", c.seed, "--size", c.size, "--num-frames", c.num_frames]
+        if c.glyphs_per_digit is not None:
+            cmd += ["--glyphs-per-digit", c.glyphs_per_digit]
         if c.workers is not None:
             cmd += ["--workers", c.workers]
         run_command(cmd, self.log("corpus"))
