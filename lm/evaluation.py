@@ -216,13 +216,13 @@ def score_v2a(probe: MovingDigitsProbe, generated: Sequence[np.ndarray], truths:
         ref_f1 = float(np.mean([click_f1(r.click_times, [float(x) for x in t.get("bounce_times", [])], tol)
                                 for r, t in zip(ref_read, truths)]))
     n = len(records)
-    pitch = float(np.mean([r["correct"]["digit"] for r in records])) if n else float("nan")
+    hits = sum(bool(r["correct"]["digit"]) for r in records)
+    pitch = hits / n if n else float("nan")
     f1 = float(np.mean(f1s)) if n else float("nan")
     b_none = float(np.mean(none_f1)) if n else float("nan")
     b_rand = float(np.mean(rand_f1)) if n else float("nan")
     click_base, click_name = (b_none, f"no clicks ({b_none:.2f}; random clicks {b_rand:.2f})") if b_none >= b_rand \
         else (b_rand, f"random clicks ({b_rand:.2f}; no clicks {b_none:.2f})")
-    hits = sum(bool(r["correct"]["digit"]) for r in records)
     return [Metric(f"{prefix}/pitch_accuracy", pitch, 0.1, "random digit (1/10)", True, n, ref_pitch,
                    interval=wilson_interval(hits, n)),
             Metric(f"{prefix}/click_f1", f1, click_base, click_name, True, n, ref_f1,
