@@ -22,17 +22,25 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--num-clips", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=32, help="frame side in pixels")
+    parser.add_argument("--glyph-size", type=int, default=None, help="glyph box side in pixels (default: size / 2)")
     parser.add_argument("--num-frames", type=int, default=9)
     parser.add_argument("--fps", type=int, default=8)
     parser.add_argument("--sample-rate", type=int, default=16000)
     parser.add_argument("--glyphs-per-digit", type=int, default=None,
                         help="handwritten samples of each digit to draw from (default: all)")
+    parser.add_argument("--position-grid", type=int, default=None,
+                        help="start glyphs on multiples of this many pixels and move half of it per frame")
+    parser.add_argument("--crf", type=int, default=None,
+                        help="H.264 quality of the clips (0: lossless; default: the corpus default)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
     parser.add_argument("--overwrite", action="store_true", help="re-encode clips that already exist")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    manifest = generate_corpus(args.out, args.num_clips, args.seed, args.size, num_frames=args.num_frames,
+    manifest = generate_corpus(args.out, args.num_clips, args.seed, args.size, glyph_size=args.glyph_size,
+                               num_frames=args.num_frames,
                                fps=args.fps, sample_rate=args.sample_rate, glyphs_per_digit=args.glyphs_per_digit,
+                               position_grid=args.position_grid,
+                               **({} if args.crf is None else {"crf": args.crf}),
                                num_workers=args.workers,
                                overwrite=args.overwrite)
     print(f"wrote {args.num_clips} clips to {args.out} in {time.perf_counter() - t0:.1f}s; manifest {manifest}")

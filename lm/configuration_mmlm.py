@@ -19,6 +19,7 @@ preset          hidden  layers  heads  kv heads  intermediate  use
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -120,6 +121,13 @@ class MMLMConfig(PretrainedConfig):
             on; :meth:`check_vocabulary` compares it with a tokenizer bundle's.
         modality_ranges (`dict[str, list[int]]`, *optional*): global ``[start, end)`` id range per modality
             (``"text"``, ``"video"``, ``"audio"``, ...); forward reports the NLL of target tokens in each range.
+        video_code_levels (`list[int]`, *optional*): the levels of an FSQ video codebook (e.g. ``[8, 8, 8, 8]``);
+            needs ``modality_ranges["video"]`` with ``prod(levels)`` ids. When set, each video code's input embedding
+            and output-head row get a shared term added to their own: the sum of one learned vector per (level,
+            value) the code is made of (FSQ's index order, :mod:`mmtok.quantizers.fsq`). Codes that decode alike
+            share most of their level values, so what the LM learns about one reaches its neighbours: with a
+            4,096-code book the LM otherwise learns every code separately, from the few clips that use it.
+            ``None``: plain rows.
         alignment (`dict`, *optional*): settings of the VATT-style contrastive alignment head
             (:class:`lm.alignment.AlignmentConfig` fields: ``pooling``, ``va_dim``, ``vt_dim``, ``droptoken``,
             ``temperature``, ...); ``None`` builds no head. Stored with every field filled in.
@@ -151,6 +159,7 @@ class MMLMConfig(PretrainedConfig):
     prefix_lm: bool = True
     vocab_fingerprint: str | None = None
     modality_ranges: dict[str, list[int]] | None = None
+    video_code_levels: list[int] | None = None
     alignment: dict | None = None
 
     def __post_init__(self, **kwargs):
@@ -182,6 +191,15 @@ class MMLMConfig(PretrainedConfig):
             if not 0 <= start <= end <= self.vocab_size:
                 raise ValueError(f"modality range {name}=[{start}, {end}) is outside the vocabulary "
                                  f"[0, {self.vocab_size})")
+        if self.video_code_levels is not None:
+            levels = [int(v) for v in self.video_code_levels]
+            video = (self.modality_ranges or {}).get("video")
+            if not levels or min(levels) < 2:
+                raise ValueError(f"video_code_levels must be a list of ints >= 2, got {self.video_code_levels}")
+            if video is None or video[1] - video[0] != math.prod(levels):
+                size = None if video is None else video[1] - video[0]
+                raise ValueError(f"video_code_levels {levels} make {math.prod(levels)} codes, but the vocabulary's "
+                                 f"video range holds {size}: use the levels of the bundle's video tokenizer")
 
     # ------------------------------------------------------------------------------------------ constructors
     @classmethod

@@ -22,6 +22,7 @@ causal attention already keeps real tokens from seeing it and no ``attention_mas
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -99,6 +100,48 @@ class MMLMCausalLMOutput(CausalLMOutputWithPast):
     num_loss_tokens: torch.Tensor | None = None
 
 
+# ----------------------------------------------------------------------------------------- level-shared code rows
+class LevelSharedRows(nn.Module):
+    """A shared term for a block of code rows whose codes are tuples of quantizer levels (FSQ, arXiv 2309.15505).
+
+    Code ``c`` of a ``levels`` codebook is the digits ``d_i = (c // prod(levels[:i])) % levels[i]`` (FSQ's index
+    order); its shared row is ``sum_i table[offset_i + d_i]``, one learned vector per (level, value). Added to the
+    code's own row of an embedding or output head (``add_to``), it lets codes that share level values, which decode
+    alike, share what the model learns about them. Rows ``[start, start + prod(levels))`` of the weight get it.
+    """
+
+    def __init__(self, levels: list[int], dim: int, start: int):
+        super().__init__()
+        self.levels = [int(v) for v in levels]
+        self.start, self.size = int(start), math.prod(self.levels)
+        self.table = nn.Embedding(sum(self.levels), dim)
+
+    @property
+    def digits(self) -> torch.Tensor:
+        """``[codes, levels]`` rows of ``table`` each code is made of. Computed, not a buffer: ``from_pretrained``
+        builds models on the meta device, where a non-persistent buffer would stay uninitialized."""
+        device = self.table.weight.device
+        basis = torch.tensor([math.prod(self.levels[:i]) for i in range(len(self.levels))], device=device)
+        offsets = torch.tensor([sum(self.levels[:i]) for i in range(len(self.levels))], device=device)
+        codes = torch.arange(self.size, device=device)[:, None]
+        return codes // basis % torch.tensor(self.levels, device=device) + offsets
+
+    def rows(self) -> torch.Tensor:
+        """The shared term of every code, ``[codes, dim]``."""
+        return self.table(self.digits).sum(1)
+
+    def add_to(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` ``[V, dim]`` with the shared term added to its code rows (a new tensor; gradients reach both)."""
+        end = self.start + self.size
+        return torch.cat([weight[:self.start], weight[self.start:end] + self.rows().to(weight.dtype), weight[end:]])
+
+
+def _level_shared_rows(config: MMLMConfig) -> LevelSharedRows | None:
+    if config.video_code_levels is None:
+        return None
+    return LevelSharedRows(config.video_code_levels, config.hidden_size, config.modality_ranges["video"][0])
+
+
 # ---------------------------------------------------------------------------------------------------- the model
 class MMLMPreTrainedModel(PreTrainedModel):
     """Weight init, attention-backend flags and output capture shared by the mmlm models."""
@@ -132,6 +175,7 @@ class MMLMModel(MMLMPreTrainedModel):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.embed_levels = _level_shared_rows(config)   # optional shared rows of the video codes
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers))
         self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(config=config)
@@ -195,7 +239,11 @@ class MMLMModel(MMLMPreTrainedModel):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
             _check_ids(input_ids, self.config.vocab_size)
-            inputs_embeds = self.embed_tokens(input_ids)  # [B, L, H]
+            if self.embed_levels is None:
+                inputs_embeds = self.embed_tokens(input_ids)  # [B, L, H]
+            else:
+                inputs_embeds = F.embedding(input_ids, self.embed_levels.add_to(self.embed_tokens.weight),
+                                            self.padding_idx)  # [B, L, H]
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -233,6 +281,7 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         self.model = MMLMModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.head_levels = _level_shared_rows(config)    # optional shared rows of the video codes
         if config.alignment is not None:  # VATT-style contrastive head (lm/alignment.py), saved with the model
             self.alignment = _alignment.AlignmentHead.from_model_config(config)
         self.post_init()
@@ -315,17 +364,23 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
                 raise ValueError("loss_mask without labels needs input_ids (the targets)")
             labels = input_ids
         if labels is not None:
-            logits = self.lm_head(hidden_states)  # [B, L, V]
+            logits = self.head(hidden_states)  # [B, L, V]
             loss, modality_nll, modality_tokens, num_loss_tokens = self._loss(logits, labels, loss_mask,
                                                                               num_items_in_batch)
         else:
-            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # [B, L', V]
+            logits = self.head(slice_logits_to_keep(hidden_states, logits_to_keep))  # [B, L', V]
 
         kv = {_OUTPUT_CACHE_FIELD: getattr(outputs, _OUTPUT_CACHE_FIELD)}   # under the installed version's name
         return MMLMCausalLMOutput(loss=loss, logits=logits, **kv,
                                   hidden_states=outputs.hidden_states, attentions=outputs.attentions,
                                   modality_nll=modality_nll, modality_tokens=modality_tokens,
                                   num_loss_tokens=num_loss_tokens)
+
+    def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Logits ``[..., V]`` of hidden states ``[..., H]``: ``lm_head``, plus the video codes' shared rows."""
+        if self.head_levels is None:
+            return self.lm_head(hidden_states)
+        return F.linear(hidden_states, self.head_levels.add_to(self.lm_head.weight))
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None,
               num_items_in_batch: int | torch.Tensor | None):

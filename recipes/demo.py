@@ -60,8 +60,11 @@ class CorpusSettings:
     num_clips: int = 2000
     seed: int = 0
     size: int = 32
+    glyph_size: Optional[int] = None          # glyph box side in pixels (None: half the frame)
     num_frames: int = 9
     glyphs_per_digit: Optional[int] = None    # handwritten samples per digit (None: all)
+    position_grid: Optional[int] = None       # glyph positions on this pixel grid (None: anywhere)
+    crf: Optional[int] = None                 # H.264 quality of the clips (0: lossless; None: the corpus default)
     workers: Optional[int] = None             # processes (None: CPU count)
 
 
@@ -229,8 +232,14 @@ class Demo:
         c = self.cfg.corpus
         cmd = [_python(), str(REPO / "data" / "moving_digits.py"), "--out", self.paths.corpus,
                "--num-clips", c.num_clips, "--seed", c.seed, "--size", c.size, "--num-frames", c.num_frames]
+        if c.glyph_size is not None:
+            cmd += ["--glyph-size", c.glyph_size]
         if c.glyphs_per_digit is not None:
             cmd += ["--glyphs-per-digit", c.glyphs_per_digit]
+        if c.position_grid is not None:
+            cmd += ["--position-grid", c.position_grid]
+        if c.crf is not None:
+            cmd += ["--crf", c.crf]
         if c.workers is not None:
             cmd += ["--workers", c.workers]
         run_command(cmd, self.log("corpus"))

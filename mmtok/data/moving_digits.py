@@ -159,6 +159,12 @@ class CorpusConfig:
             digit). Fewer hands make a digit's look predictable from its name, which is what text-to-video can learn
             in a CPU budget (docs/what_was_tried.md); the probe still reads digits with a classifier trained on all
             of them.
+        position_grid: when set (pixels, even), the glyph starts on a multiple of it and moves exactly half of it per
+            frame along each axis it moves on (``speed_range`` is then unused), so every second frame is back on
+            the grid. With a tokenizer whose cells are ``position_grid`` pixels and whose latent frames span two
+            frames (the demo's: 8 px, 2 frames), a glyph then looks the same to every latent frame wherever it is:
+            a digit is a few recurring codes instead of a new pattern at each of 64 sub-cell offsets, which is what
+            lets a CPU-budget LM draw it (docs/what_was_tried.md). ``None``: any start, any speed.
         clear_steps: the glyph starts far enough from the edges it heads for that it moves this many frames before
             its first bounce, so the first frames show the direction the captions name (a glyph that bounces on its
             first step looks like one that started the other way).
@@ -181,6 +187,7 @@ class CorpusConfig:
     test_fraction: float = 0.1
     speed_range: tuple[float, float] = (0.06, 0.12)
     glyphs_per_digit: int | None = None
+    position_grid: int | None = None
     clear_steps: int = 2
     captions_per_clip: int = 3
     tone_amplitude: float = 0.5
@@ -198,6 +205,10 @@ class CorpusConfig:
             raise ValueError(f"num_clips, num_frames, fps and sample_rate must be positive: {self}")
         if self.glyphs_per_digit is not None and self.glyphs_per_digit < 1:
             raise ValueError(f"glyphs_per_digit must be >= 1 or None, got {self.glyphs_per_digit}")
+        if self.position_grid is not None and (
+                self.position_grid < 2 or self.position_grid % 2 or (self.size - self.glyph_size) % self.position_grid):
+            raise ValueError(f"position_grid must be even, >= 2 and divide size - glyph_size = "
+                             f"{self.size - self.glyph_size}, got {self.position_grid}")
         if self.strike_decay <= 0:
             raise ValueError(f"strike_decay must be positive, got {self.strike_decay}")
         if not 0 <= self.held_out_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
@@ -221,6 +232,7 @@ class ClipSpec:
     glyph: list[list[float]]          # 8x8 intensities in [0, 16] from load_digits
     start_xy: tuple[float, float]     # glyph box top-left at frame 0
     speed: float                      # pixels per frame
+    velocity: tuple[float, float]     # [vx, vy] pixels per frame at frame 0
     captions: list[str]
     boxes: list[list[int]] = field(default_factory=list)
     bounce_frames: list[int] = field(default_factory=list)
@@ -302,6 +314,17 @@ def _clear_start(u: float, velocity: float, limit: float, steps: int) -> float:
         return limit / 2
     low, high = (0.0, limit - travel) if velocity > 0 else (travel, limit) if velocity < 0 else (0.0, limit)
     return low + u * (high - low)
+
+
+def _grid_start(u: float, velocity: float, limit: int, steps: int, grid: int) -> int:
+    """:func:`_clear_start` on a grid: the grid points in ``[0, limit]`` from which ``steps`` frames stay inside
+    (``u`` picks one; the nearest grid point to the centre when none can)."""
+    travel = abs(velocity) * steps
+    low, high = (0, limit - travel) if velocity > 0 else (travel, limit) if velocity < 0 else (0, limit)
+    points = [p for p in range(0, limit + 1, grid) if low <= p <= high]
+    if not points:
+        return int(round(limit / 2 / grid)) * grid
+    return points[min(int(u * len(points)), len(points) - 1)]
 
 
 def _glyph_alpha(glyph: np.ndarray, side: int) -> np.ndarray:
@@ -409,7 +432,15 @@ def sample_clip_specs(cfg: CorpusConfig) -> tuple[list[ClipSpec], list[tuple[int
         where = rng.uniform(size=2)
         speed = float(rng.uniform(*cfg.speed_range)) * cfg.size
         ux, uy = DIRECTIONS[direction]
-        start = tuple(_clear_start(float(u), v * speed, limit, cfg.clear_steps) for u, v in zip(where, (ux, uy)))
+        if cfg.position_grid:
+            # half a grid step per frame along each axis the direction moves on (exact, so positions stay on it)
+            velocity = tuple(math.copysign(cfg.position_grid / 2, v) if abs(v) > 1e-9 else 0.0 for v in (ux, uy))
+            speed = math.hypot(*velocity)
+            start = tuple(float(_grid_start(float(u), v, limit, cfg.clear_steps, cfg.position_grid))
+                          for u, v in zip(where, velocity))
+        else:
+            velocity = (ux * speed, uy * speed)
+            start = tuple(_clear_start(float(u), v, limit, cfg.clear_steps) for u, v in zip(where, velocity))
         captions = make_captions(digit, color, direction, rng, cfg.captions_per_clip)
         u = float(rng.uniform())
         held_out = (digit, color, direction) in held_set
@@ -421,11 +452,11 @@ def sample_clip_specs(cfg: CorpusConfig) -> tuple[list[ClipSpec], list[tuple[int
             split = "test"
         else:
             split = "train"
-        boxes, bounces = _trajectory(start, (ux * speed, uy * speed), limit, cfg.num_frames)
+        boxes, bounces = _trajectory(start, velocity, limit, cfg.num_frames)
         specs.append(ClipSpec(
             id=f"md{i:0{max(width, 5)}d}", index=i, split=split, held_out=held_out, digit=digit, color=color,
             direction=direction, glyph_sample_index=sample, glyph=images[sample].tolist(), start_xy=start,
-            speed=speed, captions=captions, boxes=boxes, bounce_frames=bounces))
+            speed=speed, velocity=velocity, captions=captions, boxes=boxes, bounce_frames=bounces))
     return specs, held
 
 
@@ -439,11 +470,10 @@ def _manifest_record(spec: ClipSpec, cfg: CorpusConfig) -> dict[str, Any]:
 
 
 def _ground_truth_record(spec: ClipSpec, cfg: CorpusConfig) -> dict[str, Any]:
-    ux, uy = DIRECTIONS[spec.direction]
     return {
         "id": spec.id, "split": spec.split, "held_out": spec.held_out, "digit": spec.digit,
         "digit_word": DIGIT_WORDS[spec.digit], "color": spec.color, "color_rgb": list(COLORS[spec.color]),
-        "direction": spec.direction, "velocity": [round(ux * spec.speed, 4), round(uy * spec.speed, 4)],
+        "direction": spec.direction, "velocity": [round(v, 4) for v in spec.velocity],
         "speed": round(spec.speed, 4), "glyph_size": cfg.glyph_size, "glyph_sample_index": spec.glyph_sample_index,
         "boxes": spec.boxes, "centroids": _centroids(spec, cfg), "bounce_frames": spec.bounce_frames,
         "bounce_times": [round(k / cfg.fps, 6) for k in spec.bounce_frames],

@@ -252,6 +252,45 @@ def test_save_pretrained_from_pretrained_round_trip_through_auto_classes(tmp_pat
     torch.testing.assert_close(loaded(ids, prefix_len=prefix_len).logits, model(ids, prefix_len=prefix_len).logits)
 
 
+def test_video_code_levels_share_rows_between_codes_with_common_levels(tmp_path):
+    from mmtok.quantizers.fsq import FSQ
+
+    levels = [4, 5, 8]                                                   # 160 codes = the video range of RANGES
+    model = make_model(video_code_levels=levels).train()
+    shared = model.head_levels
+    # the digits follow FSQ's index order: digit i of code c is the rank of its value on FSQ's dimension i
+    values = FSQ(levels=levels).indices_to_codes(torch.arange(160))     # [160, 3]
+    offsets = torch.tensor([0, 4, 9])
+    for i in range(3):
+        ranks = torch.unique(values[:, i], return_inverse=True)[1]
+        assert torch.equal(shared.digits[:, i] - offsets[i], ranks)
+    # logits = the plain head + the shared rows on the video codes only
+    ids, loss_mask, prefix_len = make_batch()
+    out = model(ids, loss_mask=loss_mask, prefix_len=prefix_len)
+    hidden = model.model(ids, prefix_len=prefix_len).last_hidden_state
+    plain = model.lm_head(hidden)
+    torch.testing.assert_close(out.logits[..., :100], plain[..., :100])
+    torch.testing.assert_close(out.logits[..., 260:], plain[..., 260:])
+    torch.testing.assert_close(out.logits[..., 100:260], plain[..., 100:260] + hidden @ shared.rows().T)
+    # a gradient through one video code reaches the level vectors it is made of, and so every code sharing them
+    out.loss.backward()
+    assert shared.table.weight.grad.abs().sum(1).gt(0).all()
+    assert model.model.embed_levels.table.weight.grad is not None
+    # the input side: a video id embeds as its own row plus its level vectors
+    video_id = torch.tensor([[100 + 37]])
+    emb = model.model.embed_levels
+    expected = model.model.embed_tokens.weight[137] + emb.table.weight[emb.digits[37]].sum(0)
+    got = F.embedding(video_id, emb.add_to(model.model.embed_tokens.weight))[0, 0]
+    torch.testing.assert_close(got, expected)
+    # saved and loaded through the Auto classes, the model gives the same logits
+    model.eval().save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, prefix_len=prefix_len).logits, model(ids, prefix_len=prefix_len).logits)
+    with pytest.raises(Exception, match="video_code_levels"):
+        make_model(video_code_levels=[8, 8])                            # 64 codes for a 160-id range
+
+
 def test_tied_embeddings_option():
     model = make_model(tie_word_embeddings=True)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

@@ -77,6 +77,8 @@ def test_every_stage_writes_its_outputs(demo_out):
         assert (demo_out / "plots" / f"{run}.png").stat().st_size > 1000
     record = json.loads((demo_out / "stages.json").read_text())
     assert set(record) == set(STAGES) and all(r["seconds"] is not None for r in record.values())
+    corpus = json.loads((paths.corpus / "corpus.json").read_text())
+    assert (corpus["position_grid"], corpus["crf"]) == (8, 0)       # the config's corpus settings reach the corpus
 
 
 @pytest.mark.slow

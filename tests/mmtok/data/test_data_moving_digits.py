@@ -214,3 +214,46 @@ def test_glyphs_per_digit_limits_the_hands():
     assert len({s.glyph_sample_index for s in every}) > 100
     with pytest.raises(ValueError, match="glyphs_per_digit"):
         CorpusConfig(glyphs_per_digit=0)
+
+
+def test_position_grid_keeps_every_second_frame_on_the_grid():
+    from mmtok.data.moving_digits import DIRECTIONS, sample_clip_specs
+
+    cfg = CorpusConfig(num_clips=200, seed=1, position_grid=8)
+    specs, _ = sample_clip_specs(cfg)
+    assert {s.direction for s in specs} == set(DIRECTIONS)
+    for s in specs:
+        ux, uy = DIRECTIONS[s.direction]
+        assert s.velocity == (np.sign(round(ux, 6)) * 4.0, np.sign(round(uy, 6)) * 4.0)
+        assert s.speed == pytest.approx(np.hypot(*s.velocity))
+        boxes = np.array(s.boxes)
+        assert (boxes[::2] % 8 == 0).all() and (boxes % 4 == 0).all(), (s.id, s.boxes)
+        assert boxes.min() >= 0 and boxes.max() <= 16
+        assert all(k > cfg.clear_steps for k in s.bounce_frames), (s.id, s.boxes)
+        step = np.diff(boxes, axis=0)
+        assert (np.abs(step) == np.abs(np.array(s.velocity))).all()      # the same speed through bounces
+    # without a grid, starts and speeds are continuous
+    free, _ = sample_clip_specs(CorpusConfig(num_clips=50, seed=1))
+    assert any((np.array(s.boxes) % 4 != 0).any() for s in free)
+    with pytest.raises(ValueError, match="position_grid"):
+        CorpusConfig(position_grid=6)             # does not divide 32 - 16
+    with pytest.raises(ValueError, match="position_grid"):
+        CorpusConfig(size=34, glyph_size=16, position_grid=3)
+
+
+def test_lossless_clips_repeat_identical_content_exactly(tmp_path):
+    # With crf 0 a clip's frames do not depend on the rest of the clip (x264's lookahead tunes a lossy I-frame
+    # to the frames after it), so the same glyph at the same place decodes to the same pixels in every clip.
+    generate_corpus(tmp_path, num_clips=60, seed=0, num_workers=0, progress=False, position_grid=8,
+                    glyphs_per_digit=1, crf=0)
+    truth = load_ground_truth(tmp_path)
+    seen = {}
+    pairs = 0
+    for gt in truth.values():
+        key = (gt["digit"], gt["color"], *gt["boxes"][0])
+        first = read_video(tmp_path / "clips" / f"{gt['id']}.mp4")[0]
+        if key in seen:
+            np.testing.assert_array_equal(first, seen[key])
+            pairs += 1
+        seen[key] = first
+    assert pairs > 0
