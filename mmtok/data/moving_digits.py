@@ -163,8 +163,8 @@ class CorpusConfig:
             frame along each axis it moves on (``speed_range`` is then unused), so every second frame is back on
             the grid. With a tokenizer whose cells are ``position_grid`` pixels and whose latent frames span two
             frames (the demo's: 8 px, 2 frames), a glyph then looks the same to every latent frame wherever it is:
-            a digit is a few recurring codes instead of a new pattern at each of 64 sub-cell offsets, which is what
-            lets a CPU-budget LM draw it (docs/what_was_tried.md). ``None``: any start, any speed.
+            a digit is a few recurring codes instead of a new pattern at each of 64 sub-cell offsets (it lowers the
+            LM's loss; docs/what_was_tried.md measures what it does to the demo). ``None``: any start, any speed.
         clear_steps: the glyph starts far enough from the edges it heads for that it moves this many frames before
             its first bounce, so the first frames show the direction the captions name (a glyph that bounces on its
             first step looks like one that started the other way).
@@ -306,21 +306,26 @@ def _trajectory(start: tuple[float, float], velocity: tuple[float, float], limit
     return boxes, bounces
 
 
+def _clear_range(velocity: float, limit: float, steps: int) -> tuple[float, float]:
+    """The start coordinates ``[low, high]`` from which ``steps`` frames at ``velocity`` px/frame stay in
+    ``[0, limit]`` (``low > high`` when none can)."""
+    travel = abs(velocity) * steps
+    return (0.0, limit - travel) if velocity > 0 else (travel, limit) if velocity < 0 else (0.0, limit)
+
+
 def _clear_start(u: float, velocity: float, limit: float, steps: int) -> float:
     """A start coordinate in ``[0, limit]`` (``u`` uniform in [0, 1) picks it) from which ``steps`` frames at
     ``velocity`` px/frame stay inside; the centre when no start can (a speed too high for the frame)."""
-    travel = abs(velocity) * steps
-    if travel > limit:
+    low, high = _clear_range(velocity, limit, steps)
+    if low > high:
         return limit / 2
-    low, high = (0.0, limit - travel) if velocity > 0 else (travel, limit) if velocity < 0 else (0.0, limit)
     return low + u * (high - low)
 
 
 def _grid_start(u: float, velocity: float, limit: int, steps: int, grid: int) -> int:
     """:func:`_clear_start` on a grid: the grid points in ``[0, limit]`` from which ``steps`` frames stay inside
     (``u`` picks one; the nearest grid point to the centre when none can)."""
-    travel = abs(velocity) * steps
-    low, high = (0, limit - travel) if velocity > 0 else (travel, limit) if velocity < 0 else (0, limit)
+    low, high = _clear_range(velocity, limit, steps)
     points = [p for p in range(0, limit + 1, grid) if low <= p <= high]
     if not points:
         return int(round(limit / 2 / grid)) * grid
