@@ -506,10 +506,13 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float, *, audio: Any 
         audio: optional ``float`` waveform in ``[-1, 1]``, ``[N]`` (mono) or ``[C, N]`` with ``C`` in (1, 2).
         sample_rate: audio rate in Hz; required with ``audio``.
         video_codec: ``"libx264"`` (H.264) or ``"mpeg4"`` (MPEG-4 part 2). H.264 writes ``yuv420p`` for even frame
-            sizes and ``yuv444p`` for odd ones (4:2:0 needs even sizes); MPEG-4 requires even sizes.
+            sizes and ``yuv444p`` for odd ones (4:2:0 needs even sizes) or with ``crf=0``; MPEG-4 requires even
+            sizes.
         audio_codec: ``"pcm_s16le"`` (lossless, sample exact; default) or ``"aac"`` (small; adds encoder delay).
             Browsers do not play PCM in MP4: for web pages use ``audio_codec="aac", faststart=True``.
-        crf: H.264 constant rate factor (lower is better quality; 18 is visually lossless).
+        crf: H.264 constant rate factor (lower is better quality; 18 is visually lossless; 0 is lossless and keeps
+            full-resolution chroma, so a frame decodes to the same pixels wherever its content sits: 4:2:0 would
+            average each 2x2 block's colour and blur it differently at the frame's edges).
         preset: H.264 speed preset.
         timestamps: optional per-frame presentation times in seconds (increasing) to write variable-frame-rate video.
         threads: encoder threads.
@@ -540,7 +543,8 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float, *, audio: Any 
     with _atomic_container(path, options=options) as container:
         vstream = container.add_stream(video_codec, rate=rate)
         vstream.width, vstream.height = w, h
-        vstream.pix_fmt = "yuv420p" if (h % 2 == 0 and w % 2 == 0) else "yuv444p"
+        lossless = video_codec in ("libx264", "h264") and crf == 0
+        vstream.pix_fmt = "yuv420p" if (h % 2 == 0 and w % 2 == 0 and not lossless) else "yuv444p"
         vstream.codec_context.thread_count = threads
         if video_codec in ("libx264", "h264"):
             vstream.options = {"crf": str(crf), "preset": preset}

@@ -24,6 +24,8 @@ from typing import Any
 from transformers import PretrainedConfig
 
 QUANTIZERS = ("lfq", "bsq", "fsq")
+SPATIAL_PADDINGS = ("zeros", "circular")
+FSQ_LATENT_NORMS = (None, "frame")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Tiny: 4x time, 4x space; for tests.
@@ -65,6 +67,12 @@ class VideoTokenizerConfig(PretrainedConfig):
         temporal_downsample: same, for 2x causal temporal downsampling (``T = 1 + 2k -> 1 + k``).
         temporal_kernel_size: temporal extent of every causal 3D convolution (padding comes from the past only).
         spatial_kernel_size: spatial extent of the 3D convolutions.
+        spatial_padding: how every convolution pads the frame's edges: ``"zeros"`` (MAGVIT-v2) or ``"circular"``
+            (the frame wraps around). Circular padding makes the codes exactly equivariant to shifts of the frame by
+            multiples of ``spatial_factor`` pixels: on a plain background, content moved by one latent cell gets the
+            same codes moved by one cell, wherever it is, instead of codes that also encode the distance to the
+            edge (on the demo corpus: one first-frame code pattern per digit and colour instead of nine). Real
+            footage's opposite edges do not continue into each other, so zero padding is the usual choice there.
         frame_stages: how many leading encoder stages (and the mirrored trailing decoder stages) convolve each frame
             on its own (temporal kernel 1); the resampling into stage ``i + 1`` uses stage ``i + 1``'s
             kernel. Time is then mixed only at the coarser resolutions, where it is cheap:
@@ -77,6 +85,13 @@ class VideoTokenizerConfig(PretrainedConfig):
             With ``quantizer="fsq"`` it is derived from ``fsq_levels`` (their product).
         fsq_levels: FSQ levels per latent channel (``quantizer="fsq"`` only), e.g. ``[8, 8, 8, 8]`` = 2^12 codes;
             the latent has ``len(fsq_levels)`` channels.
+        fsq_latent_norm: ``quantizer="fsq"`` only: normalize each latent channel before FSQ's tanh bound, which keeps
+            every channel spread over its levels. With ``spatial_padding="circular"`` on a plain background the
+            plain latent drifted into one saturated corner of tanh within 100 steps (one code in use, no gradient
+            back). ``None``: no norm (FSQ's plain form); ``"frame"``: zero mean and unit variance over each frame's
+            positions, no affine (every code then also depends on the rest of its frame; a batch norm, local to
+            each position at inference, trained as well but its running statistics cost 3 dB, see
+            docs/what_was_tried.md).
         num_groups: groups of every GroupNorm (capped to the channel count). Norms are taken per frame so that
             they never mix time steps (a clip-wide norm would break causality).
         adaptive_norm: decoder GroupNorms are modulated by the quantized latents (MAGVIT-v2's adaptive GroupNorm).
@@ -99,10 +114,12 @@ class VideoTokenizerConfig(PretrainedConfig):
         temporal_downsample: tuple[bool, ...] | list[bool] = (True, True, False),
         temporal_kernel_size: int = 3,
         spatial_kernel_size: int = 3,
+        spatial_padding: str = "zeros",
         frame_stages: int = 0,
         quantizer: str = "lfq",
         codebook_size: int | None = 2 ** 10,
         fsq_levels: tuple[int, ...] | list[int] | None = None,
+        fsq_latent_norm: str | None = None,
         num_groups: int = 8,
         adaptive_norm: bool = True,
         entropy_loss_weight: float = 0.1,
@@ -123,9 +140,11 @@ class VideoTokenizerConfig(PretrainedConfig):
         self.temporal_downsample = [bool(x) for x in temporal_downsample]
         self.temporal_kernel_size = temporal_kernel_size
         self.spatial_kernel_size = spatial_kernel_size
+        self.spatial_padding = spatial_padding
         self.frame_stages = frame_stages
         self.quantizer = quantizer
         self.fsq_levels = [int(x) for x in fsq_levels] if fsq_levels is not None else None
+        self.fsq_latent_norm = fsq_latent_norm
         if quantizer == "fsq" and self.fsq_levels:
             codebook_size = math.prod(self.fsq_levels)
         self.codebook_size = codebook_size
@@ -163,6 +182,10 @@ class VideoTokenizerConfig(PretrainedConfig):
             raise ValueError(f"temporal downsampling needs temporal convolutions: the first frame_stages="
                              f"{self.frame_stages} stages are per-frame, so temporal_downsample can only be set "
                              f"from index {self.frame_stages - 1} on, got {self.temporal_downsample}")
+        if self.fsq_latent_norm not in FSQ_LATENT_NORMS:
+            raise ValueError(f"fsq_latent_norm must be one of {FSQ_LATENT_NORMS}, got {self.fsq_latent_norm!r}")
+        if self.spatial_padding not in SPATIAL_PADDINGS:
+            raise ValueError(f"spatial_padding must be one of {SPATIAL_PADDINGS}, got {self.spatial_padding!r}")
         if self.patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
         if self.temporal_kernel_size < 1 or self.spatial_kernel_size % 2 == 0:

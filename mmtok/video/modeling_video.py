@@ -123,26 +123,31 @@ class AdaptiveFrameGroupNorm(nn.Module):
 
 
 class CausalConv3d(nn.Module):
-    """3D convolution padded in time from the past only (the first frame repeated), zero-padded in space.
+    """3D convolution padded in time from the past only (the first frame repeated); in space padded with zeros or,
+    with ``spatial_padding="circular"``, wrapped around (see :class:`VideoTokenizerConfig`).
 
     With temporal stride 2 and kernel 3, ``T = 1 + 2k`` frames give ``1 + k``: output ``j`` sees frames
     ``2j-2 .. 2j``, so output 0 sees frame 0 alone.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int] = (3, 3),
-                 stride: tuple[int, int] = (1, 1)):
+                 stride: tuple[int, int] = (1, 1), spatial_padding: str = "zeros"):
         super().__init__()
         kt, ks = kernel_size
         self.time_pad = kt - 1
         self.conv = nn.Conv3d(in_channels, out_channels, (kt, ks, ks), stride=(stride[0], stride[1], stride[1]),
-                              padding=(0, ks // 2, ks // 2))
+                              padding=(0, ks // 2, ks // 2), padding_mode=spatial_padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.time_pad and x.shape[2] == 1:
             # One frame (an image): the padding repeats it, so every temporal tap sees the same frame and the
             # convolution equals one with the taps summed; kt times cheaper, and exact up to rounding.
             conv = self.conv
-            return F.conv3d(x, conv.weight.sum(2, keepdim=True), conv.bias, (1, *conv.stride[1:]), conv.padding)
+            weight, padding = conv.weight.sum(2, keepdim=True), conv.padding
+            if conv.padding_mode != "zeros":
+                p = conv.padding[1]
+                x, padding = F.pad(x, (p, p, p, p, 0, 0), mode=conv.padding_mode), 0
+            return F.conv3d(x, weight, conv.bias, (1, *conv.stride[1:]), padding)
         if self.time_pad:
             first = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)                   # [B, C, kt-1, H, W]
             x = torch.cat([first, x], dim=2)
@@ -156,7 +161,7 @@ class ResBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_groups: int, kernel: tuple[int, int],
-                 cond_channels: int | None = None):
+                 cond_channels: int | None = None, spatial_padding: str = "zeros"):
         super().__init__()
         self.adaptive = cond_channels is not None
         if self.adaptive:
@@ -165,8 +170,8 @@ class ResBlock(nn.Module):
         else:
             self.norm1 = FrameGroupNorm(in_channels, num_groups)
             self.norm2 = FrameGroupNorm(out_channels, num_groups)
-        self.conv1 = CausalConv3d(in_channels, out_channels, kernel)
-        self.conv2 = CausalConv3d(out_channels, out_channels, kernel)
+        self.conv1 = CausalConv3d(in_channels, out_channels, kernel, spatial_padding=spatial_padding)
+        self.conv2 = CausalConv3d(out_channels, out_channels, kernel, spatial_padding=spatial_padding)
         self.skip = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -184,10 +189,12 @@ class Upsample(nn.Module):
     frame 0 alone, as in the encoder.
     """
 
-    def __init__(self, channels: int, out_channels: int, kernel: tuple[int, int], spatial: bool, temporal: bool):
+    def __init__(self, channels: int, out_channels: int, kernel: tuple[int, int], spatial: bool, temporal: bool,
+                 spatial_padding: str = "zeros"):
         super().__init__()
         self.st, self.ss = (2 if temporal else 1), (2 if spatial else 1)
-        self.conv = CausalConv3d(channels, out_channels * self.st * self.ss * self.ss, kernel)
+        self.conv = CausalConv3d(channels, out_channels * self.st * self.ss * self.ss, kernel,
+                                 spatial_padding=spatial_padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, t, h, w = x.shape
@@ -215,24 +222,27 @@ class VideoEncoder(nn.Module):
         super().__init__()
         kernels = stage_kernels(config)
         channels = [config.base_channels * m for m in config.channel_multipliers]
+        pad = config.spatial_padding
         self.patch_size = config.patch_size
-        self.conv_in = CausalConv3d(config.in_channels * config.patch_size ** 2, channels[0], kernels[0])
+        self.conv_in = CausalConv3d(config.in_channels * config.patch_size ** 2, channels[0], kernels[0],
+                                    spatial_padding=pad)
         self.blocks = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         ch = channels[0]
         for i, out_ch in enumerate(channels):
             self.blocks.append(nn.ModuleList(
-                ResBlock(ch if j == 0 else out_ch, out_ch, config.num_groups, kernels[i])
+                ResBlock(ch if j == 0 else out_ch, out_ch, config.num_groups, kernels[i], spatial_padding=pad)
                 for j in range(config.num_res_blocks)))
             ch = out_ch
             if i < len(channels) - 1:
                 s, t = config.spatial_downsample[i], config.temporal_downsample[i]
                 self.downsamples.append(
-                    CausalConv3d(ch, ch, kernels[i + 1], stride=(2 if t else 1, 2 if s else 1)) if (s or t)
-                    else nn.Identity())
+                    CausalConv3d(ch, ch, kernels[i + 1], stride=(2 if t else 1, 2 if s else 1), spatial_padding=pad)
+                    if (s or t) else nn.Identity())
         self.norm_out = FrameGroupNorm(ch, config.num_groups)
-        self.conv_out = CausalConv3d(ch, config.latent_channels, kernels[-1])
+        self.conv_out = CausalConv3d(ch, config.latent_channels, kernels[-1], spatial_padding=pad)
         self.normalize_latents = config.quantizer in ("lfq", "bsq")
+        self.frame_norm_latents = config.quantizer == "fsq" and config.fsq_latent_norm == "frame"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
@@ -247,8 +257,11 @@ class VideoEncoder(nn.Module):
             if i < len(self.downsamples):
                 x = self.downsamples[i](x)
         x = self.conv_out(F.silu(self.norm_out(x)))                                      # [B, d, T', H', W']
-        # MAGVIT-v2 puts a plain per-frame norm right before LFQ (its signs need a centred input); FSQ bounds its
-        # input with tanh itself, and a per-frame norm would blow the black background's tiny variations up.
+        # MAGVIT-v2 puts a plain per-frame norm right before LFQ (its signs need a centred input). FSQ bounds its
+        # input with tanh itself and by default takes it as is; ``fsq_latent_norm="frame"`` standardizes each channel
+        # over the frame, which keeps every channel spread over its levels (circular padding collapses without it).
+        if self.frame_norm_latents:
+            return frame_group_norm(x, x.shape[1])
         return frame_group_norm(x, 1) if self.normalize_latents else x
 
 
@@ -262,27 +275,28 @@ class VideoDecoder(nn.Module):
         channels = [config.base_channels * m for m in config.channel_multipliers]
         d = config.latent_channels
         cond = d if config.adaptive_norm else None
+        pad = config.spatial_padding
         self.patch_size = config.patch_size
-        self.conv_in = CausalConv3d(d, channels[-1], kernels[-1])
+        self.conv_in = CausalConv3d(d, channels[-1], kernels[-1], spatial_padding=pad)
         self.blocks = nn.ModuleList()
         self.upsamples = nn.ModuleList()
         ch = channels[-1]
         for i in reversed(range(len(channels))):
             self.blocks.append(nn.ModuleList(
-                ResBlock(ch if j == 0 else channels[i], channels[i], config.num_groups, kernels[i], cond)
+                ResBlock(ch if j == 0 else channels[i], channels[i], config.num_groups, kernels[i], cond, pad)
                 for j in range(config.num_res_blocks)))
             ch = channels[i]
             if i > 0:
                 # The upsampling conv already narrows to the next stage's width: its output is st*ss*ss times
                 # wider than its input's resolution, so narrowing after it would cost that factor more.
                 s, t = config.spatial_downsample[i - 1], config.temporal_downsample[i - 1]
-                self.upsamples.append(Upsample(ch, channels[i - 1], kernels[i], spatial=s, temporal=t) if (s or t)
-                                      else nn.Identity())
+                self.upsamples.append(Upsample(ch, channels[i - 1], kernels[i], spatial=s, temporal=t,
+                                               spatial_padding=pad) if (s or t) else nn.Identity())
                 if s or t:
                     ch = channels[i - 1]
         self.norm_out = (AdaptiveFrameGroupNorm(ch, config.num_groups, d) if config.adaptive_norm
                          else FrameGroupNorm(ch, config.num_groups))
-        self.conv_out = CausalConv3d(ch, config.in_channels * config.patch_size ** 2, kernels[0])
+        self.conv_out = CausalConv3d(ch, config.in_channels * config.patch_size ** 2, kernels[0], spatial_padding=pad)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         cond = z

@@ -168,14 +168,54 @@ def test_demo_preset_is_causal():
     assert not torch.equal(new[:, 3:], codes[:, 3:])
 
 
-def test_single_frame_conv_fast_path_matches_full_convolution():
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
+def test_single_frame_conv_fast_path_matches_full_convolution(padding):
     from mmtok.video.modeling_video import CausalConv3d
     torch.manual_seed(0)
-    conv = CausalConv3d(4, 6, kernel_size=(3, 3))
+    conv = CausalConv3d(4, 6, kernel_size=(3, 3), stride=(1, 2), spatial_padding=padding)
     x = torch.randn(2, 4, 1, 8, 8)
     # the general path: repeat the frame twice in front of itself (the causal padding) and run the 3D convolution
     full = conv.conv(x.expand(-1, -1, 3, -1, -1))
     torch.testing.assert_close(conv(x), full, rtol=1e-5, atol=1e-5)
+
+
+def test_circular_padding_makes_codes_shift_equivariant():
+    """Content moved by whole latent cells gets the same codes moved by those cells (``spatial_padding``); with
+    zero padding the codes also depend on the distance to the frame's edge."""
+    torch.manual_seed(0)
+    video = -torch.ones(2, 3, 5, 16, 16)
+    video[:, :, :, 2:8, 3:7] = torch.rand(2, 3, 5, 6, 4) * 2 - 1        # an object on a plain background
+    moved = torch.roll(video, shifts=(4, 8), dims=(3, 4))                # one and two 4 px cells down / right
+    results = {}
+    for padding in ("zeros", "circular"):
+        torch.manual_seed(0)
+        model = VideoTokenizer.from_preset("debug", spatial_padding=padding).eval()
+        codes, moved_codes = model.encode(video), model.encode(moved)
+        results[padding] = torch.equal(torch.roll(codes, shifts=(1, 2), dims=(2, 3)), moved_codes)
+        if padding == "circular":
+            torch.testing.assert_close(torch.roll(model.decode(codes), shifts=(4, 8), dims=(3, 4)),
+                                       model.decode(moved_codes))
+            assert torch.equal(model.encode(video[:, :, :1]), codes[:, :1])    # images share the code space
+    assert results == {"zeros": False, "circular": True}
+
+
+def test_fsq_frame_latent_norm_standardizes_each_latent_channel_per_frame(tmp_path):
+    torch.manual_seed(0)
+    model = VideoTokenizer.from_preset("debug", quantizer="fsq", fsq_levels=[5, 5, 5], fsq_latent_norm="frame",
+                                       spatial_padding="circular").eval()
+    model.save_pretrained(tmp_path)
+    loaded = VideoTokenizer.from_pretrained(tmp_path).eval()
+    assert (loaded.config.fsq_latent_norm, loaded.config.spatial_padding) == ("frame", "circular")
+    assert torch.equal(loaded.encode(random_video(9, 16, 16)), model.encode(random_video(9, 16, 16)))
+    z = model.encoder(model.preprocess(random_video(9, 16, 16)))                      # [B, 3, T', H', W']
+    torch.testing.assert_close(z.mean(dim=(3, 4)), torch.zeros(z.shape[:3]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.var(dim=(3, 4), unbiased=False), torch.ones(z.shape[:3]), atol=1e-3, rtol=0)
+    plain = VideoTokenizer.from_preset("debug", quantizer="fsq", fsq_levels=[5, 5, 5])
+    assert plain.config.fsq_latent_norm is None
+    assert not torch.allclose(plain.encoder(plain.preprocess(random_video(9, 16, 16))).mean(dim=(3, 4)),
+                              torch.zeros(z.shape[:3]), atol=1e-3)
+    with pytest.raises(ValueError, match="fsq_latent_norm"):
+        VideoTokenizerConfig(quantizer="fsq", fsq_levels=[5, 5], fsq_latent_norm="layer")
 
 
 def test_interface(debug_model):
@@ -325,6 +365,8 @@ def test_config_validation():
         VideoTokenizerConfig(codebook_size=1000)
     with pytest.raises(ValueError, match="spatial_downsample"):
         VideoTokenizerConfig(channel_multipliers=[1, 2], spatial_downsample=[True, True], temporal_downsample=[True])
+    with pytest.raises(ValueError, match="spatial_padding"):
+        VideoTokenizerConfig(spatial_padding="reflect")
 
 
 def test_to_uint8_round_trip():
