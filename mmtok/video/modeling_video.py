@@ -283,7 +283,8 @@ class VideoDecoder(nn.Module):
         ch = channels[-1]
         for i in reversed(range(len(channels))):
             self.blocks.append(nn.ModuleList(
-                ResBlock(ch if j == 0 else channels[i], channels[i], config.num_groups, kernels[i], cond, pad)
+                ResBlock(ch if j == 0 else channels[i], channels[i], config.num_groups, kernels[i], cond,
+                         spatial_padding=pad)
                 for j in range(config.num_res_blocks)))
             ch = channels[i]
             if i > 0:
