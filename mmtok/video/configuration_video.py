@@ -184,6 +184,9 @@ class VideoTokenizerConfig(PretrainedConfig):
                              f"from index {self.frame_stages - 1} on, got {self.temporal_downsample}")
         if self.fsq_latent_norm not in FSQ_LATENT_NORMS:
             raise ValueError(f"fsq_latent_norm must be one of {FSQ_LATENT_NORMS}, got {self.fsq_latent_norm!r}")
+        if self.fsq_latent_norm is not None and self.quantizer != "fsq":
+            raise ValueError(f"fsq_latent_norm applies to quantizer='fsq' only (LFQ and BSQ always take a per-frame "
+                             f"norm), got quantizer={self.quantizer!r}")
         if self.spatial_padding not in SPATIAL_PADDINGS:
             raise ValueError(f"spatial_padding must be one of {SPATIAL_PADDINGS}, got {self.spatial_padding!r}")
         if self.patch_size < 1:

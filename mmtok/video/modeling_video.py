@@ -242,7 +242,7 @@ class VideoEncoder(nn.Module):
         self.norm_out = FrameGroupNorm(ch, config.num_groups)
         self.conv_out = CausalConv3d(ch, config.latent_channels, kernels[-1], spatial_padding=pad)
         self.normalize_latents = config.quantizer in ("lfq", "bsq")
-        self.frame_norm_latents = config.quantizer == "fsq" and config.fsq_latent_norm == "frame"
+        self.frame_norm_latents = config.fsq_latent_norm == "frame"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape

@@ -216,6 +216,8 @@ def test_fsq_frame_latent_norm_standardizes_each_latent_channel_per_frame(tmp_pa
                               torch.zeros(z.shape[:3]), atol=1e-3)
     with pytest.raises(ValueError, match="fsq_latent_norm"):
         VideoTokenizerConfig(quantizer="fsq", fsq_levels=[5, 5], fsq_latent_norm="layer")
+    with pytest.raises(ValueError, match="quantizer='fsq' only"):
+        VideoTokenizerConfig(quantizer="lfq", codebook_size=64, fsq_latent_norm="frame")
 
 
 def test_interface(debug_model):
