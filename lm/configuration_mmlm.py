@@ -128,6 +128,14 @@ class MMLMConfig(PretrainedConfig):
             share most of their level values, so what the LM learns about one reaches its neighbours: with a
             4,096-code book the LM otherwise learns every code separately, from the few clips that use it.
             ``None``: plain rows.
+        video_grid (`list[int]`, *optional*): the video tokenizer's latent grid ``[frames, height, width]`` (e.g.
+            ``[5, 4, 4]`` for the demo's 9x32x32 clips); needs ``modality_ranges["video"]`` and ``bos_token_id``.
+            When set, each video token's input embedding gets a learned vector for its cell ``(h, w)`` and one for
+            its latent frame (frames past ``frames - 1`` share the last), from its place among the video tokens
+            since the sequence's ``<bos>`` (:func:`lm.modeling_mmlm.video_positions`; codes are laid out ``(t, h,
+            w)``). RoPE alone only gives a token its place in the flat sequence, from which the model must work out
+            which cell it draws and which token drew that cell one frame earlier; on the demo corpus a model without
+            it put the glyph in a new random cell in every frame (docs/what_was_tried.md). ``None``: no such term.
         alignment (`dict`, *optional*): settings of the VATT-style contrastive alignment head
             (:class:`lm.alignment.AlignmentConfig` fields: ``pooling``, ``va_dim``, ``vt_dim``, ``droptoken``,
             ``temperature``, ...); ``None`` builds no head. Stored with every field filled in.
@@ -160,6 +168,7 @@ class MMLMConfig(PretrainedConfig):
     vocab_fingerprint: str | None = None
     modality_ranges: dict[str, list[int]] | None = None
     video_code_levels: list[int] | None = None
+    video_grid: list[int] | None = None
     alignment: dict | None = None
 
     def __post_init__(self, **kwargs):
@@ -200,6 +209,13 @@ class MMLMConfig(PretrainedConfig):
                 size = None if video is None else video[1] - video[0]
                 raise ValueError(f"video_code_levels {levels} make {math.prod(levels)} codes, but the vocabulary's "
                                  f"video range holds {size}: use the levels of the bundle's video tokenizer")
+        if self.video_grid is not None:
+            grid = list(self.video_grid)
+            if len(grid) != 3 or any(int(v) < 1 for v in grid) or any(int(v) != v for v in grid):
+                raise ValueError(f"video_grid must be [frames, height, width] of ints >= 1, got {self.video_grid}")
+            if (self.modality_ranges or {}).get("video") is None or self.bos_token_id is None:
+                raise ValueError("video_grid needs modality_ranges['video'] and bos_token_id (build the config from "
+                                 "the tokenizer bundle's vocabulary)")
 
     # ------------------------------------------------------------------------------------------ constructors
     @classmethod

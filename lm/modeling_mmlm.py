@@ -142,6 +142,39 @@ def _level_shared_rows(config: MMLMConfig) -> LevelSharedRows | None:
     return LevelSharedRows(config.video_code_levels, config.hidden_size, config.modality_ranges["video"][0])
 
 
+# ----------------------------------------------------------------------------------------- video token positions
+def video_positions(input_ids: torch.Tensor, video_range: tuple[int, int] | list[int], bos_token_id: int) -> torch.Tensor:
+    """Each token's index among the video tokens since the last ``<bos>`` of its row, ``-1`` for other tokens.
+
+    ``input_ids`` ``[B, L]`` -> ``[B, L]`` (int64). Video codes are laid out ``(t, h, w)``, so with a latent grid
+    of ``h x w`` cells index ``i`` is frame ``i // (h * w)``, cell ``i % (h * w)``; counting from ``<bos>`` keeps
+    the frames of a continuation's two video segments in order and restarts with each packed sequence. Generation
+    with a KV cache passes the tail of this over the whole sequence (``MMLMForCausalLM`` does it for ``generate``).
+    """
+    lo, hi = int(video_range[0]), int(video_range[1])
+    is_video = (input_ids >= lo) & (input_ids < hi)                                       # [B, L]
+    before = is_video.long().cumsum(1) - is_video.long()                                 # video tokens before each
+    at_bos = torch.where(input_ids == bos_token_id, before, torch.zeros_like(before))
+    base = at_bos.cummax(1).values                                                       # count at the last <bos>
+    return torch.where(is_video, before - base, torch.full_like(before, -1))
+
+
+class VideoPositionEmbedding(nn.Module):
+    """A learned vector per latent cell ``(h, w)`` plus one per latent frame, added to video token embeddings."""
+
+    def __init__(self, grid: list[int], dim: int):
+        super().__init__()
+        self.frames, self.cells = int(grid[0]), int(grid[1]) * int(grid[2])
+        self.cell = nn.Embedding(self.cells, dim)
+        self.frame = nn.Embedding(self.frames, dim)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """``positions`` ``[B, L]`` from :func:`video_positions` -> ``[B, L, dim]`` (zeros where ``-1``)."""
+        p = positions.clamp(min=0)
+        out = self.cell(p % self.cells) + self.frame((p // self.cells).clamp(max=self.frames - 1))
+        return out * (positions >= 0).unsqueeze(-1).to(out.dtype)
+
+
 # ---------------------------------------------------------------------------------------------------- the model
 class MMLMPreTrainedModel(PreTrainedModel):
     """Weight init, attention-backend flags and output capture shared by the mmlm models."""
@@ -176,6 +209,8 @@ class MMLMModel(MMLMPreTrainedModel):
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.embed_levels = _level_shared_rows(config)   # optional shared rows of the video codes
+        self.embed_video_positions = (VideoPositionEmbedding(config.video_grid, config.hidden_size)
+                                      if config.video_grid is not None else None)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers))
         self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(config=config)
@@ -184,6 +219,9 @@ class MMLMModel(MMLMPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
+
+    def _video_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return video_positions(input_ids, self.config.modality_ranges["video"], self.config.bos_token_id)
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
@@ -220,6 +258,7 @@ class MMLMModel(MMLMPreTrainedModel):
         use_cache: bool | None = None,
         prefix_len: torch.LongTensor | None = None,
         cache: Cache | None = None,
+        video_positions: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         """Run the decoder.
@@ -233,6 +272,9 @@ class MMLMModel(MMLMPreTrainedModel):
             prefix_len: optional ``[B]`` number of conditioning tokens per row (bidirectional attention over them);
                 ignored when ``config.prefix_lm`` is False.
             cache: ``past_key_values`` under the name transformers >= 5.24 gives it (its ``generate`` passes this).
+            video_positions: optional ``[B, L]`` (:func:`video_positions` of the whole sequence, this call's tail),
+                for a model with ``config.video_grid``; computed from ``input_ids`` when not given, which needs the
+                whole sequence, so a call that extends a KV cache must pass it.
         """
         past_key_values = _one_cache(past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
@@ -247,6 +289,16 @@ class MMLMModel(MMLMPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if self.embed_video_positions is not None:
+            if video_positions is None:
+                if input_ids is None or past > 0:
+                    raise ValueError("this model has video_grid: pass video_positions (lm.modeling_mmlm."
+                                     "video_positions of the whole sequence) with inputs_embeds or a filled KV cache")
+                video_positions = self._video_positions(input_ids)
+            if video_positions.shape != inputs_embeds.shape[:2]:
+                raise ValueError(f"video_positions must be [B, L] = {tuple(inputs_embeds.shape[:2])}, got "
+                                 f"{tuple(video_positions.shape)}")
+            inputs_embeds = inputs_embeds + self.embed_video_positions(video_positions.to(inputs_embeds.device))
         if prefix_len is not None:
             prefix_len = _check_prefix_len(prefix_len, inputs_embeds.shape[0], past + inputs_embeds.shape[1])
         if position_ids is None:
@@ -314,6 +366,15 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
     def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Cosine similarities ``[N, M]`` of two sets of embeddings of the same space."""
         return _alignment.similarity(a, b)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs: Any) -> dict[str, Any]:
+        """transformers' inputs for one ``generate`` step, plus ``video_positions`` (for ``config.video_grid``),
+        taken over the whole sequence so far: a cached step only sees its new tokens."""
+        inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        step_ids = inputs.get("input_ids")
+        if self.config.video_grid is not None and step_ids is not None:
+            inputs["video_positions"] = self.model._video_positions(input_ids)[:, -step_ids.shape[1]:]
+        return inputs
 
     def alignment_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None):
         """Contrastive loss (:class:`lm.alignment.AlignmentOutput`) of a batch with ``input_ids`` (and clip ``ids``)."""

@@ -5,7 +5,8 @@
         data.source=corpus/manifest.jsonl train.steps=2000
     python recipes/train_video_tokenizer.py --config ... --resume          # continue the run folder's latest checkpoint
 
-Losses (generator): ``l1 * |x - x^| + l2 * (x - x^)^2`` + the quantizer's auxiliary loss (LFQ / BSQ: entropy,
+Losses (generator): ``l1 * |x - x^| + l2 * (x - x^)^2`` (each pixel weighted ``1 + loss.foreground_weight * f``
+by how far it is from its frame's background, normalized per frame; 0 = the plain mean) + the quantizer's auxiliary loss (LFQ / BSQ: entropy,
 annealed, and commitment; FSQ has none)
 + ``perceptual_weight * perceptual`` (a user-supplied TorchScript feature network; off by default) + from
 ``loss.disc_start`` on, ``disc_weight * adaptive_weight * hinge_g`` (VQGAN's adaptive weight). Discriminator: a 3D
@@ -47,7 +48,7 @@ from mmtok.data.ingest import BadFileReport, ClipRecord, load_records  # noqa: E
 from mmtok.data.media import MediaError, probe, read_video, resize_and_crop, write_gif as write_frames_gif  # noqa: E402,E501
 from mmtok.video import VideoTokenizer, to_uint8  # noqa: E402
 from mmtok.video.losses import (  # noqa: E402
-    LeCamEMA, PerceptualLoss, VideoDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss)
+    LeCamEMA, PerceptualLoss, VideoDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, reconstruction_loss)
 from recipes.common import (  # noqa: E402
     ModelEMA, RunLogger, build_arg_parser, cpu_accelerator_kwargs, dump_config, load_checkpoint, load_config,
     progress_enabled, save_checkpoint)
@@ -85,6 +86,7 @@ class DataConfig:
 class LossConfig:
     l1: float = 1.0
     l2: float = 1.0
+    foreground_weight: float = 0.0           # weight the pixels that differ from the frame's background (losses.py)
     perceptual_weight: float = 0.0
     perceptual_checkpoint: Optional[str] = None   # TorchScript feature network (see mmtok.video.losses)
     disc_weight: float = 0.1                 # 0 disables the GAN (and the discriminator)
@@ -413,7 +415,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out = model(video)
             target = raw.preprocess(video)
             recon = out.reconstruction
-            rec_loss = lc.l1 * (recon - target).abs().mean() + lc.l2 * (recon - target).pow(2).mean()
+            rec_loss = reconstruction_loss(recon, target, l1=lc.l1, l2=lc.l2, foreground_weight=lc.foreground_weight)
             nll = rec_loss
             if perceptual is not None:
                 perc = perceptual(recon, target)

@@ -208,6 +208,17 @@ def test_kv_cache_and_no_cache_give_the_same_greedy_tokens(bundle, prefix_lm):
         assert torch.equal(cached.output_ids, uncached.output_ids)
 
 
+def test_kv_cache_and_no_cache_agree_with_video_position_embeddings(bundle):
+    model = make_model(bundle, seed=3, video_grid=[3, 4, 4])
+    with torch.no_grad():
+        model.model.embed_video_positions.cell.weight.normal_()
+    g = MultimodalGenerator(model, bundle, num_frames=FRAMES)
+    for cfg_scale in (None, 3.0):
+        cached = g.text_to_video(CAPTIONS[4], temperature=0, cfg_scale=cfg_scale, use_cache=True)
+        uncached = g.text_to_video(CAPTIONS[4], temperature=0, cfg_scale=cfg_scale, use_cache=False)
+        assert torch.equal(cached.output_ids, uncached.output_ids)
+
+
 def test_batched_left_padded_prompts_match_single_prompts(gen):
     both = gen.text_to_video([CAPTIONS[2], "blue"], temperature=0)
     for i, caption in enumerate([CAPTIONS[2], "blue"]):

@@ -291,6 +291,63 @@ def test_video_code_levels_share_rows_between_codes_with_common_levels(tmp_path)
         make_model(video_code_levels=[8, 8])                            # 64 codes for a 160-id range
 
 
+def test_video_positions_count_video_tokens_since_bos():
+    from lm.modeling_mmlm import video_positions
+
+    bos, v, t = 1, 150, 20                                              # <bos>, a video id, a text id
+    ids = torch.tensor([[0, bos, t, v, v, v, t, v, v, bos, v, v],       # left pad; a second packed sequence
+                        [bos, v, v, v, v, v, t, t, t, t, t, t]])
+    expected = torch.tensor([[-1, -1, -1, 0, 1, 2, -1, 3, 4, -1, 0, 1],
+                             [-1, 0, 1, 2, 3, 4, -1, -1, -1, -1, -1, -1]])
+    assert torch.equal(video_positions(ids, RANGES["video"], bos), expected)
+
+
+def test_video_grid_embeds_cells_and_frames_and_generates_with_a_cache(tmp_path):
+    from transformers import DynamicCache
+
+    from lm.modeling_mmlm import video_positions
+
+    model = make_model(video_grid=[3, 2, 2], bos_token_id=1)
+    emb = model.model.embed_video_positions
+    with torch.no_grad():                                               # init may be small: make the terms visible
+        emb.cell.weight.normal_()
+        emb.frame.weight.normal_()
+    bos, v = 1, 150
+    # the same video code embeds differently in each cell and frame; text tokens get nothing added
+    ids = torch.tensor([[bos, 20] + [v] * 14])                          # 14 video tokens: frames 0-2, then 3 (clamped)
+    pos = video_positions(ids, RANGES["video"], bos)
+    added = emb(pos)[0]                                                 # [L, H]
+    assert torch.equal(added[:2], torch.zeros_like(added[:2]))
+    torch.testing.assert_close(added[2 + 5], emb.cell.weight[1] + emb.frame.weight[1])
+    torch.testing.assert_close(added[2 + 13], emb.cell.weight[1] + emb.frame.weight[2])   # frame 3 shares frame 2's
+    assert not torch.allclose(added[2], added[3])
+    # a cached step needs the positions of the whole sequence; with them it equals the full forward
+    with torch.no_grad():
+        full = model(ids).logits[:, -1]
+        kv = DynamicCache(config=model.config)
+        model(ids[:, :-1], use_cache=True, past_key_values=kv)
+        with pytest.raises(ValueError, match="video_positions"):
+            model(ids[:, -1:], use_cache=True, past_key_values=kv)
+        kv = DynamicCache(config=model.config)
+        model(ids[:, :-1], use_cache=True, past_key_values=kv)
+        step = model(ids[:, -1:], use_cache=True, past_key_values=kv, video_positions=pos[:, -1:]).logits[:, -1]
+    torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-4)
+    # transformers' generate passes them itself: cached and uncached greedy decoding agree
+    prompt = torch.tensor([[bos, 20, 21, v, 151]])
+    cached = model.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=True)
+    uncached = model.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    # saved and loaded, the same logits; a bad grid is a clear error
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    with pytest.raises(Exception, match="video_grid"):
+        make_model(video_grid=[3, 2], bos_token_id=1)
+    with pytest.raises(Exception, match="video_grid"):
+        make_model(video_grid=[3, 2, 2])                                # no bos_token_id
+
+
 def test_tied_embeddings_option():
     model = make_model(tie_word_embeddings=True)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModel
 
 from mmtok.interface import ModalityTokenizer, code_spec
 from mmtok.video import PRESETS, VideoTokenizer, VideoTokenizerConfig, to_uint8
+from mmtok.video.losses import reconstruction_loss
 from mmtok.vocab import CodeSpec, UnifiedVocabulary
 
 
@@ -375,3 +376,44 @@ def test_to_uint8_round_trip():
     frames = random_video(5, 8, 8)
     as_float = frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
     assert torch.equal(to_uint8(as_float), frames)
+
+
+# ------------------------------------------------------------------------------------------- reconstruction loss
+def _glyph_on_black() -> torch.Tensor:
+    target = torch.full((2, 3, 3, 8, 8), -1.0)                    # black frames in [-1, 1]
+    target[:, 0, :, 2:4, 2:4] = 1.0                                 # a small red square: 4 of 64 pixels
+    return target
+
+
+def test_reconstruction_loss_without_weight_is_the_plain_mean():
+    torch.manual_seed(0)
+    target, recon = _glyph_on_black(), torch.rand(2, 3, 3, 8, 8) * 2 - 1
+    d = recon - target
+    expected = 0.5 * d.abs().mean() + 2.0 * d.pow(2).mean()
+    assert torch.allclose(reconstruction_loss(recon, target, l1=0.5, l2=2.0), expected)
+
+
+def test_reconstruction_loss_foreground_weight_counts_errors_on_the_glyph_more():
+    target = _glyph_on_black()
+    glyph_missed = target.clone()
+    glyph_missed[:, 0, :, 2:4, 2:4] = -1.0                          # the model drew only the background
+    background_wrong = target.clone()
+    background_wrong[:, 0, :, 5:7, 5:7] = 1.0                       # as many wrong pixels, on the background
+    plain = [reconstruction_loss(r, target, l1=0.0, l2=1.0) for r in (glyph_missed, background_wrong)]
+    weighted = [reconstruction_loss(r, target, l1=0.0, l2=1.0, foreground_weight=10.0)
+                for r in (glyph_missed, background_wrong)]
+    assert torch.allclose(plain[0], plain[1])
+    assert weighted[0] > 3 * weighted[1]
+    # normalized per frame: a perfect reconstruction costs nothing, a uniform error costs what the plain mean says
+    assert reconstruction_loss(target, target, foreground_weight=10.0) == 0
+    shifted = target + 0.1
+    assert torch.allclose(reconstruction_loss(shifted, target, l1=0.0, l2=1.0, foreground_weight=10.0),
+                          torch.tensor(0.01), atol=1e-6)
+
+
+def test_reconstruction_loss_rejects_bad_input():
+    target = _glyph_on_black()
+    with pytest.raises(ValueError, match="reconstruction and target"):
+        reconstruction_loss(target[:, :, :2], target)
+    with pytest.raises(ValueError, match="foreground_weight"):
+        reconstruction_loss(target, target, foreground_weight=-1.0)
