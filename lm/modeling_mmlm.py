@@ -143,7 +143,8 @@ def _level_shared_rows(config: MMLMConfig) -> LevelSharedRows | None:
 
 
 # ----------------------------------------------------------------------------------------- video token positions
-def video_positions(input_ids: torch.Tensor, video_range: tuple[int, int] | list[int], bos_token_id: int) -> torch.Tensor:
+def video_positions(input_ids: torch.Tensor, video_range: tuple[int, int] | list[int],
+                    bos_token_id: int) -> torch.Tensor:
     """Each token's index among the video tokens since the last ``<bos>`` of its row, ``-1`` for other tokens.
 
     ``input_ids`` ``[B, L]`` -> ``[B, L]`` (int64). Video codes are laid out ``(t, h, w)``, so with a latent grid

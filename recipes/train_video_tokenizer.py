@@ -6,8 +6,8 @@
     python recipes/train_video_tokenizer.py --config ... --resume          # continue the run folder's latest checkpoint
 
 Losses (generator): ``l1 * |x - x^| + l2 * (x - x^)^2`` (each pixel weighted ``1 + loss.foreground_weight * f``
-by how far it is from its frame's background, normalized per frame; 0 = the plain mean) + the quantizer's auxiliary loss (LFQ / BSQ: entropy,
-annealed, and commitment; FSQ has none)
+by how far it is from its frame's background, normalized per frame; 0 = the plain mean) + the quantizer's
+auxiliary loss (LFQ / BSQ: entropy, annealed, and commitment; FSQ has none)
 + ``perceptual_weight * perceptual`` (a user-supplied TorchScript feature network; off by default) + from
 ``loss.disc_start`` on, ``disc_weight * adaptive_weight * hinge_g`` (VQGAN's adaptive weight). Discriminator: a 3D
 patch discriminator trained with the hinge loss + ``lecam_weight * LeCam``.
