@@ -250,7 +250,7 @@ def sample_tokens(model: Any, prompts: Sequence[torch.Tensor], constraints: torc
         if cfg.use_cache:
             extra = {}
             if getattr(model.config, "video_grid", None) is not None:   # the cached step sees only its new tokens
-                extra["video_positions"] = model.model._video_positions(ids)[:, -step_input.shape[1]:]
+                extra["video_positions"] = model.model.video_token_positions(ids, last=step_input.shape[1])
             res = model(input_ids=step_input, attention_mask=attn, past_key_values=cache, use_cache=True,
                         prefix_len=prefix_len, logits_to_keep=1, **extra)
         else:

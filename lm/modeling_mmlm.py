@@ -221,11 +221,16 @@ class MMLMModel(MMLMPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
 
-    def _video_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return video_positions(input_ids, self.config.modality_ranges["video"], self.config.bos_token_id)
-
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
+
+    def video_token_positions(self, input_ids: torch.Tensor, last: int | None = None) -> torch.Tensor | None:
+        """:func:`video_positions` of ``input_ids`` ``[B, L]`` (the whole sequence so far), its last ``last``
+        columns when given (what a cached step passes as ``video_positions``); ``None`` without ``video_grid``."""
+        if self.embed_video_positions is None:
+            return None
+        pos = video_positions(input_ids, self.config.modality_ranges["video"], self.config.bos_token_id)
+        return pos if last is None else pos[:, pos.shape[1] - last:]
 
     def build_attention_mask(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
                              past_key_values: Cache | None, position_ids: torch.Tensor,
@@ -295,7 +300,7 @@ class MMLMModel(MMLMPreTrainedModel):
                 if input_ids is None or past > 0:
                     raise ValueError("this model has video_grid: pass video_positions (lm.modeling_mmlm."
                                      "video_positions of the whole sequence) with inputs_embeds or a filled KV cache")
-                video_positions = self._video_positions(input_ids)
+                video_positions = self.video_token_positions(input_ids)
             if video_positions.shape != inputs_embeds.shape[:2]:
                 raise ValueError(f"video_positions must be [B, L] = {tuple(inputs_embeds.shape[:2])}, got "
                                  f"{tuple(video_positions.shape)}")
@@ -374,7 +379,7 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
         step_ids = inputs.get("input_ids")
         if self.config.video_grid is not None and step_ids is not None:
-            inputs["video_positions"] = self.model._video_positions(input_ids)[:, -step_ids.shape[1]:]
+            inputs["video_positions"] = self.model.video_token_positions(input_ids, last=step_ids.shape[1])
         return inputs
 
     def alignment_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None):

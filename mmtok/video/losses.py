@@ -1,6 +1,6 @@
 """Training losses of the video tokenizer: the pixel reconstruction loss (optionally weighted towards each frame's
-foreground), a 3D patch discriminator, hinge GAN losses, LeCam regularization, the
-VQGAN adaptive adversarial weight and an optional perceptual loss from a user-supplied TorchScript feature network.
+foreground), a 3D patch discriminator, hinge GAN losses, LeCam regularization, the VQGAN adaptive adversarial weight
+and an optional perceptual loss from a user-supplied TorchScript feature network.
 
 References: VQGAN (Esser et al. 2021, arXiv 2012.09841) for the hinge loss and the adaptive weight; LeCam (Tseng et
 al. 2021, arXiv 2104.03310) for the regularizer MAGVIT-v2 uses against discriminator overfitting.
