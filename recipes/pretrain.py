@@ -124,6 +124,10 @@ class AlignmentTrainConfig:
     """VATT-style contrastive alignment (lm/alignment.py) trained with the LM."""
     weight: float = 0.0  # > 0: add weight * contrastive loss (batches with video+audio or video+text rows)
     only: bool = False  # alignment-only: freeze the LM, train the head alone on the contrastive loss
+    # Add the contrastive loss on every N-th optimizer step only. Its text-only and video-only backbone passes cost
+    # about as much as the LM step itself (0.44 s against 0.26 s per demo step on 2 cores); on the demo every 4th
+    # step retrieves as well as every step (docs/what_was_tried.md) and leaves the time to the LM.
+    every: int = 1
     head: dict[str, Any] = field(default_factory=dict)  # lm.alignment.AlignmentConfig fields (va_dim, droptoken...)
 
 
@@ -461,6 +465,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     use_alignment = ac.weight > 0 or ac.only
     if ac.weight < 0:
         raise ValueError(f"alignment.weight must be >= 0, got {ac.weight}")
+    if ac.every < 1 or (ac.only and ac.every != 1):
+        raise ValueError(f"alignment.every must be >= 1 (and 1 with alignment.only: the head is all that trains), "
+                         f"got {ac.every}")
     if ac.only and accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ValueError("alignment.only (frozen LM) is not supported under DeepSpeed; use DDP or one process")
     align_kwargs = {}
@@ -513,7 +520,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     bar = tqdm(total=tc.steps, initial=start_step, disable=not (accelerator.is_main_process and progress_enabled()),
                desc="pretrain", dynamic_ncols=True)
     new_window = lambda: {"loss": 0.0, "steps": 0, "tokens": 0, "time": time.perf_counter(),  # noqa: E731
-                          "align_loss": 0.0, "align_temperature": float("nan")}
+                          "align_loss": 0.0, "align_steps": 0, "align_temperature": float("nan")}
     window = new_window()
     metrics: dict[str, float] = {}
     for step in range(start_step, tc.steps):
@@ -533,13 +540,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     # that of the global mean NLL.
                     total_loss = out.loss * (world * tc.grad_accum)
                     step_loss += out.loss.detach()
-                if use_alignment:
+                if use_alignment and step % ac.every == 0:
                     # The contrastive loss is already the global batch's on every rank (embeddings are all-gathered
                     # and the gather's backward sums the ranks' gradients), so DDP's average needs no rescaling.
                     align = accelerator.unwrap_model(model).alignment_loss(batch)
                     total_loss = total_loss + (ac.weight if ac.weight > 0 else 1.0) * align.loss
                     window["align_loss"] += align.loss.detach() / tc.grad_accum
                     window["align_temperature"] = align.temperature
+                    window["align_steps"] += 1
+                elif use_alignment and world > 1 and accelerator.distributed_type != DistributedType.DEEPSPEED:
+                    # DDP expects a gradient for every parameter in each backward: give the idle head zeros
+                    head = accelerator.unwrap_model(model).alignment
+                    total_loss = total_loss + 0.0 * sum(p.sum() for p in head.parameters())
                 accelerator.backward(total_loss)
                 if ac.only and world > 1 and accelerator.sync_gradients:
                     # no DDP forward ran (the LM is frozen): average the head's gradients across ranks as DDP would
@@ -565,8 +577,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 row["train/grad_norm"] = float(grad_norm)
             if ac.only:  # the LM does not train
                 row.pop("train/loss")
-            if use_alignment:  # the same global value on every rank: no reduce
-                row["train/align_loss"] = float(window["align_loss"]) / window["steps"]
+            if use_alignment and window["align_steps"]:  # the same global value on every rank: no reduce
+                row["train/align_loss"] = float(window["align_loss"]) * tc.grad_accum / window["align_steps"]
                 row["train/align_temperature"] = window["align_temperature"]
             logger.log(done, row)
             bar.set_postfix(loss=f"{loss:.3f}")

@@ -183,6 +183,12 @@ def test_bad_config_is_a_clear_error(tmp_path):
             main(["--config", str(CONFIG), f"run_dir={tmp_path}", "--resume"])
     finally:
         AcceleratorState._reset_state(True)
+    for bad in (["alignment.weight=0.5", "alignment.every=0"], ["alignment.only=true", "alignment.every=2"]):
+        try:
+            with pytest.raises(ValueError, match="alignment.every"):
+                main(["--config", str(CONFIG), f"run_dir={tmp_path / 'every'}", *bad])
+        finally:
+            AcceleratorState._reset_state(True)
 
 
 def test_fresh_run_into_a_used_run_dir_is_refused(reference):
@@ -260,6 +266,22 @@ def test_alignment_weight_adds_a_falling_contrastive_loss_and_the_head_is_export
     emb = model.embed_video(video)
     assert emb.shape == (3, model.config.alignment["vt_dim"])
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+
+
+def test_alignment_every_n_steps_trains_the_head_on_those_steps_only(tmp_path):
+    run_dir = tmp_path / "align_every"
+    run_plain(run_dir, "alignment.weight=0.5", "alignment.every=3")
+    assert sorted(metric(run_dir, "train/align_loss")) == [1, 4, 7, 10]  # steps 0, 3, 6, 9 (0-based) and their logs
+    assert sorted(metric(run_dir, "train/loss")) == list(range(1, 13))
+
+
+def test_alignment_every_n_steps_under_two_process_ddp(tmp_path):
+    # the skipped steps still give DDP a (zero) gradient for every head parameter, or the reducer would stall
+    run_dir = tmp_path / "align_every_ddp"
+    run_launch(run_dir, "cpu_ddp.yaml", 2, "data.batch_size=2", "alignment.weight=0.5", "alignment.every=2",
+               ACCELERATE_USE_CPU="true")
+    assert sorted(metric(run_dir, "train/align_loss")) == [1, 3, 5, 7, 9, 11]
+    assert (run_dir / "export" / "model.safetensors").is_file()
 
 
 def test_alignment_only_trains_the_head_on_a_frozen_lm(reference, tmp_path):
