@@ -125,8 +125,8 @@ class AlignmentTrainConfig:
     weight: float = 0.0  # > 0: add weight * contrastive loss (batches with video+audio or video+text rows)
     only: bool = False  # alignment-only: freeze the LM, train the head alone on the contrastive loss
     # Add the contrastive loss on every N-th optimizer step only. Its text-only and video-only backbone passes cost
-    # about as much as the LM step itself (0.44 s against 0.26 s per demo step on 2 cores); on the demo every 4th
-    # step retrieves as well as every step (docs/what_was_tried.md) and leaves the time to the LM.
+    # about as much as the LM step itself (0.44 s against 0.26 s per demo step on 2 cores); on the demo, every 4th
+    # step with the saved time given to LM steps retrieved better than every step (docs/what_was_tried.md).
     every: int = 1
     head: dict[str, Any] = field(default_factory=dict)  # lm.alignment.AlignmentConfig fields (va_dim, droptoken...)
 
@@ -525,6 +525,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for step in range(start_step, tc.steps):
         micro = data.micro_batches(step)
+        align_now = use_alignment and step % ac.every == 0
         # Normalize by the global number of target tokens of this optimizer step (all micro-batches, all ranks).
         local = torch.tensor(sum(int(b["loss_mask"][:, 1:].sum()) for b in micro), device=accelerator.device)
         global_tokens = accelerator.reduce(local, "sum").clamp(min=1)
@@ -540,14 +541,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     # that of the global mean NLL.
                     total_loss = out.loss * (world * tc.grad_accum)
                     step_loss += out.loss.detach()
-                if use_alignment and step % ac.every == 0:
+                if align_now:
                     # The contrastive loss is already the global batch's on every rank (embeddings are all-gathered
                     # and the gather's backward sums the ranks' gradients), so DDP's average needs no rescaling.
                     align = accelerator.unwrap_model(model).alignment_loss(batch)
                     total_loss = total_loss + (ac.weight if ac.weight > 0 else 1.0) * align.loss
                     window["align_loss"] += align.loss.detach() / tc.grad_accum
                     window["align_temperature"] = align.temperature
-                    window["align_steps"] += 1
                 elif use_alignment and world > 1 and accelerator.distributed_type != DistributedType.DEEPSPEED:
                     # DDP expects a gradient for every parameter in each backward: give the idle head zeros
                     head = accelerator.unwrap_model(model).alignment
@@ -565,6 +565,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         done = step + 1
         window["loss"] += step_loss
         window["steps"] += 1
+        window["align_steps"] += int(align_now)
         window["tokens"] += int(global_tokens)
         bar.update(1)
 
@@ -578,7 +579,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             if ac.only:  # the LM does not train
                 row.pop("train/loss")
             if use_alignment and window["align_steps"]:  # the same global value on every rank: no reduce
-                row["train/align_loss"] = float(window["align_loss"]) * tc.grad_accum / window["align_steps"]
+                row["train/align_loss"] = float(window["align_loss"]) / window["align_steps"]
                 row["train/align_temperature"] = window["align_temperature"]
             logger.log(done, row)
             bar.set_postfix(loss=f"{loss:.3f}")
