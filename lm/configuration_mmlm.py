@@ -11,7 +11,7 @@ Presets (:meth:`MMLMConfig.from_preset`):
 preset          hidden  layers  heads  kv heads  intermediate  use
 ==============  ======  ======  =====  ========  ============  ==============================================
 ``debug``           64       2      4         2           128  unit tests (seconds on CPU)
-``demo``           192       4      6         3           512  the embedded Moving-Digits corpus on 2 CPU cores
+``demo``           128       4      4         2           344  the embedded Moving-Digits corpus on 2 CPU cores
 ``base``           768      12     12         4          2048  a first GPU run (~85M non-embedding parameters)
 ``videopoet_1b``  2048      20     16         4          5632  VideoPoet-like ~1B (0.9B non-embedding), untested
 ==============  ======  ======  =====  ========  ============  ==============================================
@@ -34,10 +34,11 @@ LAYOUT_MODALITIES = ("special", "text", "video", "audio")
 PRESETS: dict[str, dict[str, Any]] = {
     "debug": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=128, max_position_embeddings=512),
-    # 0.18 s per step of 8 demo sequences on 2 cores against 0.26 s at hidden 256: on the demo's fixed minutes the
-    # extra steps teach more than the width (docs/what_was_tried.md, fifth round)
-    "demo": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=3,
-                 intermediate_size=512, max_position_embeddings=2048),
+    # 0.11 s per step of 8 demo sequences on 2 cores against 0.18 s at hidden 192 and 0.26 s at 256: on the demo's
+    # fixed minutes the extra steps teach more than the width; direction only appears past ~3,000 steps
+    # (docs/what_was_tried.md, fifth and sixth rounds)
+    "demo": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=344, max_position_embeddings=2048),
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
                  intermediate_size=2048, max_position_embeddings=4096),
     # VideoPoet's LM is a ~1B..8B prefix LM over ~1,280 video + audio + text tokens per example (arXiv 2312.14125).
