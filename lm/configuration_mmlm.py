@@ -35,8 +35,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "debug": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=128, max_position_embeddings=512),
     # 0.11 s per step of 8 demo sequences on 2 cores against 0.18 s at hidden 192 and 0.26 s at 256: on the demo's
-    # fixed minutes the extra steps teach more than the width; direction only appears past ~3,000 steps
-    # (docs/what_was_tried.md, fifth and sixth rounds)
+    # fixed minutes the extra steps teach more than the width; the direction words steer the first move at 4,600
+    # steps, not at 2,800 (docs/what_was_tried.md, fifth and sixth rounds)
     "demo": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=344, max_position_embeddings=2048),
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
