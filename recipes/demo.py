@@ -91,7 +91,7 @@ class BundleSettings:
 @dataclass
 class GenerateSettings:
     prompts: list[str] = field(default_factory=lambda: ["a red seven drifts up and to the left"])
-    args: list[str] = field(default_factory=lambda: ["--cfg-scale", "3", "--seed", "0"])
+    args: list[str] = field(default_factory=lambda: ["--top-k", "50", "--seed", "0"])
 
 
 @dataclass

@@ -71,7 +71,7 @@ class SamplingSettings:
     temperature: float = 1.0
     top_k: Optional[int] = None
     top_p: Optional[float] = None
-    cfg_scale: Optional[float] = 3.0
+    cfg_scale: Optional[float] = None          # guidance hurt v2a and continuation on the demo (evaluate_demo.yaml)
     seed: int = 0
 
 

@@ -66,6 +66,10 @@ class VideoTokenizerConfig(PretrainedConfig):
         spatial_downsample: ``len(channel_multipliers) - 1`` flags: 2x spatial downsampling after each stage.
         temporal_downsample: same, for 2x causal temporal downsampling (``T = 1 + 2k -> 1 + k``).
         temporal_kernel_size: temporal extent of every causal 3D convolution (padding comes from the past only).
+            A temporal downsampling convolution spans at least 2 frames. ``1`` makes the codes local in time:
+            latent frame ``j`` is computed from frames ``2j - 1, 2j`` alone (per 2x temporal downsampling), so the
+            same content gives the same codes whatever came before it (the decoder then also decodes each latent
+            frame on its own).
         spatial_kernel_size: spatial extent of the 3D convolutions.
         spatial_padding: how every convolution pads the frame's edges: ``"zeros"`` (MAGVIT-v2) or ``"circular"``
             (the frame wraps around). Circular padding makes the codes exactly equivariant to shifts of the frame by

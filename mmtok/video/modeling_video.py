@@ -236,8 +236,11 @@ class VideoEncoder(nn.Module):
             ch = out_ch
             if i < len(channels) - 1:
                 s, t = config.spatial_downsample[i], config.temporal_downsample[i]
+                # A temporal stride-2 conv spans at least its stride, so that no frame is skipped: with
+                # temporal_kernel_size=1 latent frame j then sees exactly frames 2j-1 and 2j (and nothing earlier).
+                kernel = (max(kernels[i + 1][0], 2), kernels[i + 1][1]) if t else kernels[i + 1]
                 self.downsamples.append(
-                    CausalConv3d(ch, ch, kernels[i + 1], stride=(2 if t else 1, 2 if s else 1), spatial_padding=pad)
+                    CausalConv3d(ch, ch, kernel, stride=(2 if t else 1, 2 if s else 1), spatial_padding=pad)
                     if (s or t) else nn.Identity())
         self.norm_out = FrameGroupNorm(ch, config.num_groups)
         self.conv_out = CausalConv3d(ch, config.latent_channels, kernels[-1], spatial_padding=pad)

@@ -169,6 +169,26 @@ def test_demo_preset_is_causal():
     assert not torch.equal(new[:, 3:], codes[:, 3:])
 
 
+def test_temporal_kernel_one_makes_each_latent_frame_see_only_its_own_frames():
+    torch.manual_seed(0)
+    model = VideoTokenizer.from_preset("demo", temporal_kernel_size=1).eval()
+    video = random_video(9, 32, 32, b=1)
+    z = model.encoder(model.preprocess(video))                         # [1, d, 5, 4, 4]
+    for f in range(9):                                                  # latent frame j: frames 2j-1, 2j
+        changed = video.clone()
+        changed[:, f] = 255 - changed[:, f]
+        zc = model.encoder(model.preprocess(changed))
+        moved = [k for k in range(5) if not torch.allclose(zc[:, :, k], z[:, :, k])]
+        assert moved == [(f + 1) // 2], (f, moved)
+    # the decoder too: each latent frame decodes to its own frames alone
+    codes = model.encode(video)
+    other = codes.clone()
+    other[:, 2] = (other[:, 2] + 1) % model.codebook_size              # latent frame 2 -> frames 3, 4
+    a, b = model.decode(codes), model.decode(other)
+    differs = [f for f in range(9) if not torch.allclose(a[:, :, f], b[:, :, f])]
+    assert differs == [3, 4]
+
+
 @pytest.mark.parametrize("padding", ["zeros", "circular"])
 def test_single_frame_conv_fast_path_matches_full_convolution(padding):
     from mmtok.video.modeling_video import CausalConv3d
