@@ -409,7 +409,8 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
             labels: ``[B, L]`` targets aligned with ``input_ids`` (shifted inside; ``-100`` = no loss). Defaults to
                 ``input_ids`` when only ``loss_mask`` is given.
             loss_mask: ``[B, L]`` 1 where the token is a target (VideoPoet: the output segment); combined with
-                ``labels != -100``. Without it every labelled position after the first counts.
+                ``labels != -100``. Without it every labelled position after the first counts. Float values
+                weigh each target's NLL (0 = not a target); the loss is then the weighted mean.
             prefix_len: ``[B]`` conditioning length per row (prefix-LM attention).
             logits_to_keep: compute logits only for the last N positions (``generate`` passes 1).
             num_items_in_batch: divide the summed NLL by this instead of this batch's target count, so gradient
@@ -458,20 +459,27 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         # (Slicing logits[:, :-1] would copy the whole [B, L, V] tensor.)
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # [B, L]
         valid = targets != IGNORE_INDEX
+        weight = None
         if loss_mask is not None:
             if loss_mask.shape != labels.shape:
                 raise ValueError(f"loss_mask must have the shape of input_ids {tuple(labels.shape)}, "
                                  f"got {tuple(loss_mask.shape)}")
-            valid = valid & F.pad(loss_mask[:, 1:].bool(), (0, 1), value=False)
+            if bool((loss_mask < 0).any()):
+                raise ValueError("loss_mask weights must be >= 0")
+            shifted = F.pad(loss_mask[:, 1:], (0, 1), value=0)  # [B, L], aligned with targets
+            valid = valid & (shifted > 0)
+            if shifted.is_floating_point():
+                weight = shifted.float() * valid
         safe_targets = targets.masked_fill(~valid, 0)
         nll = F.cross_entropy(logits.float().flatten(0, 1), safe_targets.flatten(),
                               reduction="none").view_as(targets)  # [B, L]
         nll = nll * valid
         count = valid.sum()
-        denom = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
+        total = count.clamp(min=1) if weight is None else weight.sum().clamp(min=1e-12)
+        denom = num_items_in_batch if num_items_in_batch is not None else total
         if isinstance(denom, torch.Tensor):
             denom = denom.to(nll.device)
-        loss = nll.sum() / denom
+        loss = (nll if weight is None else nll * weight).sum() / denom
 
         modality_nll, modality_tokens = {}, {}
         with torch.no_grad():

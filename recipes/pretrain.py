@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -43,6 +43,7 @@ from accelerate.utils import DistributedType, set_seed  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from lm import MMLMConfig, MMLMForCausalLM  # noqa: E402
+from lm.modeling_mmlm import video_positions  # noqa: E402
 from recipes.common import (  # noqa: E402
     RunLogger,
     atomic_write_text,
@@ -97,6 +98,10 @@ class DataConfig:
     max_len: int = 512  # longer sequences are an error (shards: skipped and counted by the loader)
     cond_dropout: float = 0.1  # classifier-free-guidance condition dropout
     eval_batches: int = 2  # global eval batches per task
+    # Loss weight of the target video tokens of each latent frame (frame k of a sequence's video, counted from its
+    # <bos>; frames past the list weigh 1), e.g. [1.0, 4.0]: a t2v clip's first move (latent frame 1) counts 4x.
+    # Training loss only (the eval losses stay plain means). Empty: every target token weighs 1.
+    video_frame_loss_weights: list[float] = field(default_factory=list)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -221,7 +226,8 @@ class SyntheticTokenData:
         for m in range(self.accum):
             first = start + (m * self.world + self.rank) * b
             out.append(collate([self._train_sample(first + i) for i in range(b)], self.vocab.pad_id))
-        return out
+        _, h, w = self.cfg.synthetic.video_shape
+        return frame_weighted(out, self.cfg, self.vocab, h * w)
 
     def eval_batches(self) -> dict[str, list[dict[str, Any]]]:
         """Per task, this rank's share of ``data.eval_batches`` global eval batches (fixed examples, no dropout)."""
@@ -256,15 +262,44 @@ class ShardTokenData:
         self.eval = (TaskMixtureLoader(cfg.shards, bundle.vocab, loader_cfg, split=cfg.eval_split, **kw)
                      if cfg.eval_split is not None else None)
         self.cfg, self.accum = cfg, grad_accum
+        self.latent_hw = bundle.latent_hw
 
     def micro_batches(self, step: int) -> list[dict[str, Any]]:
-        return self.train.micro_batches(step, self.accum)
+        batches = self.train.micro_batches(step, self.accum)
+        if not self.cfg.video_frame_loss_weights:
+            return batches
+        if self.latent_hw is None:
+            raise ValueError("data.video_frame_loss_weights needs the bundle's video latent size (latent_hw)")
+        return frame_weighted(batches, self.cfg, self.train.vocab, self.latent_hw[0] * self.latent_hw[1])
 
     def eval_batches(self) -> dict[str, list[dict[str, Any]]]:
         if self.eval is None:
             return {}
         return {task: self.eval.eval_batches(task, self.cfg.eval_batches)
                 for task, weight in self.cfg.tasks.items() if weight > 0}
+
+
+def weigh_video_frames(batch: dict[str, Any], weights: Sequence[float], *, video_range: tuple[int, int],
+                       bos_id: int, cells_per_frame: int) -> dict[str, Any]:
+    """``batch`` with a float ``loss_mask``: each target video token of latent frame ``k`` weighs ``weights[k]``
+    (frames past the list weigh 1; other targets 1). A frame is ``cells_per_frame`` consecutive video tokens."""
+    if any(w < 0 for w in weights):
+        raise ValueError(f"data.video_frame_loss_weights must be >= 0, got {list(weights)}")
+    pos = video_positions(batch["input_ids"], video_range, bos_id)  # [B, L], -1 off video
+    table = torch.tensor(list(weights) + [1.0], dtype=torch.float32)
+    frame = (pos // cells_per_frame).clamp(max=len(weights))  # [B, L]; len(weights) = "past the list"
+    per_token = torch.where(pos >= 0, table[frame.clamp(min=0)], torch.ones_like(pos, dtype=torch.float32))
+    return {**batch, "loss_mask": batch["loss_mask"].float() * per_token}
+
+
+def frame_weighted(batches: list[dict[str, Any]], cfg: DataConfig, vocab: Any,
+                   cells_per_frame: int) -> list[dict[str, Any]]:
+    """``batches`` with ``data.video_frame_loss_weights`` applied (unchanged when it is empty)."""
+    if not cfg.video_frame_loss_weights:
+        return batches
+    r = vocab.range_of("video")
+    return [weigh_video_frames(b, cfg.video_frame_loss_weights, video_range=(r.start, r.stop), bos_id=vocab.bos_id,
+                               cells_per_frame=cells_per_frame) for b in batches]
 
 
 def load_bundle(cfg: DataConfig) -> tuple[Any, Any]:
@@ -527,7 +562,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         micro = data.micro_batches(step)
         align_now = use_alignment and step % ac.every == 0
         # Normalize by the global number of target tokens of this optimizer step (all micro-batches, all ranks).
-        local = torch.tensor(sum(int(b["loss_mask"][:, 1:].sum()) for b in micro), device=accelerator.device)
+        local = torch.tensor(sum(float(b["loss_mask"][:, 1:].sum()) for b in micro), device=accelerator.device)
         global_tokens = accelerator.reduce(local, "sum").clamp(min=1)
         step_loss = torch.zeros((), device=accelerator.device)
         grad_norm = None

@@ -96,6 +96,26 @@ def test_labels_minus_100_and_loss_mask_combine():
     torch.testing.assert_close(out.loss, nll[m].mean())
 
 
+def test_float_loss_mask_weighs_each_target_and_ones_match_the_plain_mask():
+    model = make_model()
+    ids, loss_mask, prefix_len = make_batch()
+    plain = model(ids, loss_mask=loss_mask, prefix_len=prefix_len)
+    torch.testing.assert_close(model(ids, loss_mask=loss_mask.float(), prefix_len=prefix_len).loss, plain.loss)
+    weights = loss_mask.float()
+    weights[:, -4:] *= 3.0  # the last targets of every row count 3x
+    out = model(ids, loss_mask=weights, prefix_len=prefix_len)
+    logp = F.log_softmax(out.logits[:, :-1].float(), -1)
+    nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]  # [B, L-1]
+    w = weights[:, 1:]
+    torch.testing.assert_close(out.loss, (nll * w).sum() / w.sum())
+    assert out.num_loss_tokens.item() == int((w > 0).sum())  # a token count, not a weight sum
+    m = w > 0
+    torch.testing.assert_close(out.modality_nll["video"], nll[m & (ids[:, 1:] >= 100) & (ids[:, 1:] < 260)].mean())
+    assert not torch.allclose(out.loss, plain.loss)
+    with pytest.raises(ValueError, match="loss_mask weights must be >= 0"):
+        model(ids, loss_mask=-weights, prefix_len=prefix_len)
+
+
 def test_num_items_in_batch_makes_split_batches_sum_to_the_full_batch():
     model = make_model()
     ids, loss_mask, prefix_len = make_batch(batch=4)

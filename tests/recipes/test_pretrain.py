@@ -296,3 +296,26 @@ def test_alignment_only_trains_the_head_on_a_frozen_lm(reference, tmp_path):
     assert any(k.startswith("alignment.") for k in after) and not any(k.startswith("alignment.") for k in before)
     for key, value in before.items():  # every LM weight exactly as it was
         torch.testing.assert_close(after[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_video_frame_loss_weights_weigh_the_targets_of_each_latent_frame():
+    from recipes.pretrain import weigh_video_frames
+
+    # <bos> <t2v> <bot> text <eot> <bov> | 3 latent frames of 2 cells | <eov> <eos>; video ids are [100, 200)
+    ids = torch.tensor([[1, 5, 6, 20, 21, 7, 8, 100, 101, 102, 103, 104, 105, 9, 2, 0]])
+    mask = torch.zeros_like(ids)
+    mask[0, 8:15] = 1  # the output: video from its first token on, then the closing boundary and <eos>
+    batch = {"input_ids": ids, "loss_mask": mask, "prefix_len": torch.tensor([8])}
+    out = weigh_video_frames(batch, [1.0, 4.0], video_range=(100, 200), bos_id=1, cells_per_frame=2)
+    # frame 0 = ids 100, 101 (one of them in the prefix), frame 1 = 102, 103 (weight 4), frame 2 past the list (1)
+    assert out["loss_mask"][0].tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1, 4, 4, 1, 1, 1, 1, 0]
+    assert out["loss_mask"].dtype == torch.float32 and batch["loss_mask"].dtype == torch.long  # input untouched
+    with pytest.raises(ValueError, match="must be >= 0"):
+        weigh_video_frames(batch, [1.0, -1.0], video_range=(100, 200), bos_id=1, cells_per_frame=2)
+
+
+def test_pretrain_with_video_frame_loss_weights_runs_and_the_loss_falls(tmp_path):
+    run_dir = tmp_path / "weighted"
+    run_plain(run_dir, "data.video_frame_loss_weights=[1.0,3.0]")
+    losses = metric(run_dir, "train/loss")
+    assert losses[max(losses)] < losses[min(losses)]
