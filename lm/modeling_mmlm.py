@@ -464,11 +464,11 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
             if loss_mask.shape != labels.shape:
                 raise ValueError(f"loss_mask must have the shape of input_ids {tuple(labels.shape)}, "
                                  f"got {tuple(loss_mask.shape)}")
-            if bool((loss_mask < 0).any()):
-                raise ValueError("loss_mask weights must be >= 0")
             shifted = F.pad(loss_mask[:, 1:], (0, 1), value=0)  # [B, L], aligned with targets
             valid = valid & (shifted > 0)
-            if shifted.is_floating_point():
+            if shifted.is_floating_point():  # weights (a 0/1 mask needs no check and no multiply)
+                if bool((loss_mask < 0).any()):
+                    raise ValueError("loss_mask weights must be >= 0")
                 weight = shifted.float() * valid
         safe_targets = targets.masked_fill(~valid, 0)
         nll = F.cross_entropy(logits.float().flatten(0, 1), safe_targets.flatten(),

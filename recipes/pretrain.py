@@ -262,15 +262,13 @@ class ShardTokenData:
         self.eval = (TaskMixtureLoader(cfg.shards, bundle.vocab, loader_cfg, split=cfg.eval_split, **kw)
                      if cfg.eval_split is not None else None)
         self.cfg, self.accum = cfg, grad_accum
-        self.latent_hw = bundle.latent_hw
+        if cfg.video_frame_loss_weights and bundle.latent_hw is None:
+            raise ValueError("data.video_frame_loss_weights needs the bundle's video latent size (latent_hw)")
+        self.cells_per_frame = bundle.latent_hw[0] * bundle.latent_hw[1] if bundle.latent_hw is not None else 0
 
     def micro_batches(self, step: int) -> list[dict[str, Any]]:
-        batches = self.train.micro_batches(step, self.accum)
-        if not self.cfg.video_frame_loss_weights:
-            return batches
-        if self.latent_hw is None:
-            raise ValueError("data.video_frame_loss_weights needs the bundle's video latent size (latent_hw)")
-        return frame_weighted(batches, self.cfg, self.train.vocab, self.latent_hw[0] * self.latent_hw[1])
+        return frame_weighted(self.train.micro_batches(step, self.accum), self.cfg, self.train.vocab,
+                              self.cells_per_frame)
 
     def eval_batches(self) -> dict[str, list[dict[str, Any]]]:
         if self.eval is None:
