@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> Path:
                         help="start glyphs on multiples of this many pixels and move half of it per frame")
     parser.add_argument("--crf", type=int, default=None,
                         help="H.264 quality of the clips (0: lossless; default: the corpus default)")
+    parser.add_argument("--partial-captions", type=int, default=0,
+                        help="captions naming only part of the content per training clip (after the full ones)")
+    parser.add_argument("--held-out-validation-fraction", type=float, default=None,
+                        help="fraction of combinations only in the validation split (default: the corpus default)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
     parser.add_argument("--overwrite", action="store_true", help="re-encode clips that already exist")
     args = parser.parse_args(argv)
@@ -40,7 +44,10 @@ def main(argv: list[str] | None = None) -> Path:
                                num_frames=args.num_frames,
                                fps=args.fps, sample_rate=args.sample_rate, glyphs_per_digit=args.glyphs_per_digit,
                                position_grid=args.position_grid,
+                               partial_captions=args.partial_captions,
                                **({} if args.crf is None else {"crf": args.crf}),
+                               **({} if args.held_out_validation_fraction is None
+                                  else {"held_out_validation_fraction": args.held_out_validation_fraction}),
                                num_workers=args.workers,
                                overwrite=args.overwrite)
     print(f"wrote {args.num_clips} clips to {args.out} in {time.perf_counter() - t0:.1f}s; manifest {manifest}")

@@ -65,6 +65,7 @@ class CorpusSettings:
     glyphs_per_digit: Optional[int] = None    # handwritten samples per digit (None: all)
     position_grid: Optional[int] = None       # glyph positions on this pixel grid (None: anywhere)
     crf: Optional[int] = None                 # H.264 quality of the clips (0: lossless; None: the corpus default)
+    partial_captions: int = 0                 # captions naming only part of a training clip's content
     workers: Optional[int] = None             # processes (None: CPU count)
 
 
@@ -240,6 +241,8 @@ class Demo:
             cmd += ["--position-grid", c.position_grid]
         if c.crf is not None:
             cmd += ["--crf", c.crf]
+        if c.partial_captions:
+            cmd += ["--partial-captions", c.partial_captions]
         if c.workers is not None:
             cmd += ["--workers", c.workers]
         run_command(cmd, self.log("corpus"))

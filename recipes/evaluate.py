@@ -13,7 +13,8 @@ metric                         how                                              
 =============================  ===============================================  ====================================
 t2v/{digit,color,direction}    probe on clips generated from test captions of   chance: 1/10, 1/6, 1/8
 _accuracy                      combinations seen in training
-t2v_held_out/...               the same on held-out (test-only) combinations    chance
+t2v_held_out/...               the same on held-out combinations (those only    chance
+                               in ``split``: test or validation)
 t2v_phrasing/...               seen test clips prompted in held-out phrasings   chance
 v2a/pitch_accuracy             tone pitch of audio generated for test clips     random digit (1/10)
 v2a/click_f1                   bounce clicks within one frame (1/fps)           no clicks / random clicks
@@ -95,6 +96,9 @@ class EvalConfig:
     lm_loss_batch_size: int = 4
     batch_size: int = 8                        # generation batch (prompts / clips per call)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    # Text-to-video's own settings (None: ``sampling``). Video from a caption and audio or frames from a clip differ
+    # in how much the condition should steer: guidance helped t2v on the demo and hurt v2a and continuation.
+    t2v_sampling: Optional[SamplingSettings] = None
     media_samples: int = 4                     # samples per task written as media for the page (0: none)
     threads: Optional[int] = None              # torch CPU threads (None: torch's default)
     probe_seed: int = 0
@@ -127,8 +131,8 @@ def _batches(items: Sequence[Any], size: int):
         yield items[i:i + size]
 
 
-def _sampling_kwargs(cfg: EvalConfig, offset: int) -> dict[str, Any]:
-    s = cfg.sampling
+def _sampling_kwargs(cfg: EvalConfig, offset: int, task: str = "") -> dict[str, Any]:
+    s = cfg.t2v_sampling if task == "t2v" and cfg.t2v_sampling is not None else cfg.sampling
     return dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale,
                 seed=None if s.seed is None else s.seed + offset)
 
@@ -137,7 +141,7 @@ def generate_t2v(gen: Any, clips: Sequence[Clip], cfg: EvalConfig, num_frames: i
     out: list[np.ndarray] = []
     for k, batch in enumerate(_batches(clips, cfg.batch_size)):
         result = gen.text_to_video([c.caption for c in batch], num_frames=num_frames,
-                                   progress=progress_enabled(), **_sampling_kwargs(cfg, k))
+                                   progress=progress_enabled(), **_sampling_kwargs(cfg, k, "t2v"))
         out += [result.frames(i).numpy() for i in range(len(result))]
     return out
 

@@ -14,8 +14,9 @@ loudness quickly, but not short isolated transients. Overfitting eight clips for
 The defaults are sized for ``make demo`` on two CPU cores: a 32x32 frame and 9 frames give 5x4x4 = 80 video codes per
 clip with the demo video tokenizer, so the LM's sequences stay short; the glyph keeps all the information the 8x8
 source has. Larger frames and longer clips are parameters (``size``, ``num_frames``).
-Captions name digit, colour and motion with varied phrasing. Some digit-colour-direction combinations occur only in
-the test split, to measure compositional generalization.
+Captions name digit, colour and motion with varied phrasing (training clips may add captions that name only part of
+it, ``partial_captions``). Some digit-colour-direction combinations occur only in the test split, to measure
+compositional generalization, and others only in the validation split, to tune it without the test prompts.
 
 Layout written by :func:`generate_corpus` under ``out_dir``::
 
@@ -23,7 +24,8 @@ Layout written by :func:`generate_corpus` under ``out_dir``::
     manifest.jsonl          one line per clip: MANIFEST_FIELDS
     ground_truth.jsonl      one line per clip: GROUND_TRUTH_FIELDS
     splits.json             {"train": [ids], "validation": [ids], "test": [ids], "held_out_test": [ids],
-                             "held_out_combinations": [[digit, color, direction], ...]}
+                             "held_out_combinations": [[digit, color, direction], ...],
+                             "held_out_validation": [ids], "held_out_validation_combinations": [...]}
     corpus.json             the generation parameters (seed, sizes, palette, directions, tone frequencies)
 
 Everything is a pure function of the seed and the parameters: the same seed gives byte-identical ``manifest.jsonl``,
@@ -36,11 +38,12 @@ of mass ``[x, y]`` per frame (pixel centres at integer + 0.5). A bounce at frame
 edge between frames ``k - 1`` and ``k``; its strike sounds at ``k / fps`` seconds. ``direction`` and ``velocity`` are
 the *initial* motion (what the captions name); after a bounce the glyph moves mirrored on that axis.
 
-Ground-truth record (``ground_truth.jsonl``, one per clip): ``id``, ``split``, ``held_out`` (a test-only
-combination), ``digit`` (0-9), ``digit_word``, ``color`` (a :data:`COLORS` name), ``color_rgb``, ``direction`` (a
-:data:`DIRECTIONS` name), ``velocity`` ``[vx, vy]`` px/frame, ``speed``, ``glyph_size``, ``glyph_sample_index``
-(row of ``load_digits``), ``boxes`` ``[[x, y]] * T``, ``centroids`` ``[[x, y]] * T``, ``bounce_frames``,
-``bounce_times`` (s), ``tone_hz``, ``num_frames``, ``fps``, ``width``, ``height``.
+Ground-truth record (``ground_truth.jsonl``, one per clip): ``id``, ``split``, ``held_out`` (a combination that
+occurs only in this clip's split, test or validation), ``digit`` (0-9), ``digit_word``, ``color`` (a :data:`COLORS`
+name), ``color_rgb``, ``direction`` (a :data:`DIRECTIONS` name), ``velocity`` ``[vx, vy]`` px/frame, ``speed``,
+``glyph_size``, ``glyph_sample_index`` (row of ``load_digits``), ``boxes`` ``[[x, y]] * T``, ``centroids``
+``[[x, y]] * T``, ``bounce_frames``, ``bounce_times`` (s), ``tone_hz``, ``num_frames``, ``fps``, ``width``,
+``height``.
 
 Manifest record (``manifest.jsonl``, the format :mod:`mmtok.data.ingest` reads): ``id``, ``video`` (relative to the
 manifest), ``caption``, ``captions``, ``split``, ``start``, ``end``, ``fps``, ``num_frames``, ``sample_rate``,
@@ -77,13 +80,18 @@ __all__ = [
     "held_out_caption",
     "load_ground_truth",
     "make_captions",
+    "make_partial_captions",
+    "PARTIAL_TEMPLATES",
     "render_audio",
     "render_frames",
     "sample_clip_specs",
     "typical_glyphs",
 ]
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
+# The seed of the clip-parameter stream: unchanged since version 2, so a corpus keeps its clips across versions (3 added
+# held-out validation combinations and partial captions, drawn from streams of their own).
+_CLIP_STREAM = 2
 
 # Palette: name -> RGB. Saturated, mutually distinct colours, all readable on the black background.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -152,6 +160,8 @@ class CorpusConfig:
         sample_rate: audio rate in Hz (mono).
         background: RGB of the plain background.
         held_out_fraction: fraction of digit-colour-direction combinations that appear only in the test split.
+        held_out_validation_fraction: fraction of the other combinations that appear only in the validation split, so
+            that generalisation to unseen combinations can be measured and tuned without the test prompts.
         val_fraction, test_fraction: of the remaining clips, the fractions in validation and test.
         speed_range: glyph speed in frame widths per frame (uniform in this range).
         glyphs_per_digit: how many of scikit-learn's handwritten samples of each digit the clips draw from, the most
@@ -169,6 +179,11 @@ class CorpusConfig:
             its first bounce, so the first frames show the direction the captions name (a glyph that bounces on its
             first step looks like one that started the other way).
         captions_per_clip: how many different phrasings each clip carries (the first is ``caption``).
+        partial_captions: how many captions naming only part of the content (:data:`PARTIAL_TEMPLATES`: the
+            motion without the digit or the colour, or the digit and colour without the motion) each *training*
+            clip carries after its full ones (validation and test clips keep full captions only). Meant to teach
+            the direction words apart from the digit and colour; on the demo it lowered every direction figure,
+            held-out combinations most (docs/what_was_tried.md, ninth round), so it is off by default.
         tone_amplitude: peak level of the tone (right after a strike).
         strike_decay: time constant (s) of the tone's decay after each strike.
         crf: H.264 quality of the clips (lower = closer to the rendered frames).
@@ -183,6 +198,7 @@ class CorpusConfig:
     sample_rate: int = 16000
     background: tuple[int, int, int] = (0, 0, 0)
     held_out_fraction: float = 0.05
+    held_out_validation_fraction: float = 0.05
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     speed_range: tuple[float, float] = (0.06, 0.12)
@@ -190,6 +206,7 @@ class CorpusConfig:
     position_grid: int | None = None
     clear_steps: int = 2
     captions_per_clip: int = 3
+    partial_captions: int = 0
     tone_amplitude: float = 0.5
     strike_decay: float = 0.15
     crf: int = 12
@@ -211,8 +228,13 @@ class CorpusConfig:
                              f"{self.size - self.glyph_size}, got {self.position_grid}")
         if self.strike_decay <= 0:
             raise ValueError(f"strike_decay must be positive, got {self.strike_decay}")
-        if not 0 <= self.held_out_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("need 0 <= held_out_fraction < 1 and val_fraction + test_fraction < 1")
+        if not (0 <= self.held_out_fraction and 0 <= self.held_out_validation_fraction
+                and self.held_out_fraction + self.held_out_validation_fraction < 1):
+            raise ValueError("need held_out_fraction, held_out_validation_fraction >= 0 with a sum below 1")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("need val_fraction + test_fraction < 1")
+        if not 0 <= self.partial_captions <= len(PARTIAL_TEMPLATES):
+            raise ValueError(f"partial_captions must be in [0, {len(PARTIAL_TEMPLATES)}], got {self.partial_captions}")
         self.background = tuple(int(c) for c in self.background)  # type: ignore[assignment]
         self.speed_range = tuple(float(s) for s in self.speed_range)  # type: ignore[assignment]
 
@@ -267,6 +289,21 @@ HELD_OUT_TEMPLATES = (
 )
 
 
+# Captions naming only part of a clip's content, for training clips (``CorpusConfig.partial_captions``): the motion
+# with the digit, the colour or neither, or the digit and colour without the motion. No full or held-out template
+# is among them (tests check it).
+PARTIAL_TEMPLATES = (
+    "something moves {phrase}",
+    "a shape heading {compass}",
+    "a {word} drifts {phrase}",
+    "the digit {digit}, heading {compass}",
+    "a {color} shape moving {phrase}",
+    "something {color} glides {compass}",
+    "a {color} {word}",
+    "the {color} digit {digit}",
+)
+
+
 def _caption_fields(digit: int, color: str, direction: str) -> dict[str, Any]:
     return dict(digit=digit, word=DIGIT_WORDS[digit], Word=DIGIT_WORDS[digit].capitalize(), color=color,
                 compass=direction, phrase=_DIRECTION_PHRASES[direction])
@@ -277,6 +314,13 @@ def make_captions(digit: int, color: str, direction: str, rng: np.random.Generat
     fields = _caption_fields(digit, color, direction)
     picks = rng.choice(len(_TEMPLATES), size=min(n, len(_TEMPLATES)), replace=False)
     return [_TEMPLATES[int(i)].format(**fields) for i in picks]
+
+
+def make_partial_captions(digit: int, color: str, direction: str, rng: np.random.Generator, n: int) -> list[str]:
+    """``n`` different captions from :data:`PARTIAL_TEMPLATES`, each naming only part of the content."""
+    fields = _caption_fields(digit, color, direction)
+    picks = rng.choice(len(PARTIAL_TEMPLATES), size=n, replace=False) if n else []
+    return [PARTIAL_TEMPLATES[int(i)].format(**fields) for i in picks]
 
 
 def held_out_caption(digit: int, color: str, direction: str, index: int) -> str:
@@ -410,21 +454,28 @@ def typical_glyphs(images: np.ndarray, targets: np.ndarray, digit: int) -> np.nd
     return index[np.argsort(distance, kind="stable")]
 
 
-def _held_out_combinations(rng: np.random.Generator, fraction: float) -> list[tuple[int, str, str]]:
-    combos = [(d, c, m) for d in range(10) for c in COLORS for m in DIRECTIONS]
-    k = int(round(fraction * len(combos)))
+def _held_out_combinations(rng: np.random.Generator, fraction: float,
+                           exclude: set[tuple[int, str, str]] = frozenset()) -> list[tuple[int, str, str]]:
+    """``fraction`` of all digit-colour-direction combinations (rounded), drawn from those not in ``exclude``."""
+    every = [(d, c, m) for d in range(10) for c in COLORS for m in DIRECTIONS]
+    combos = [c for c in every if c not in exclude]
+    k = int(round(fraction * len(every)))
     picks = sorted(rng.choice(len(combos), size=k, replace=False).tolist()) if k else []
     return [combos[i] for i in picks]
 
 
 def sample_clip_specs(cfg: CorpusConfig) -> tuple[list[ClipSpec], list[tuple[int, str, str]]]:
-    """Draw every clip's parameters from ``cfg.seed`` (in order, in this process): specs and held-out combinations."""
+    """Draw every clip's parameters from ``cfg.seed`` (in order, in this process): specs and the test-only held-out
+    combinations (the validation-only ones are the specs with ``held_out`` and split ``validation``)."""
     images, targets = _load_glyphs()
     by_digit = [np.flatnonzero(targets == d) if cfg.glyphs_per_digit is None
                 else typical_glyphs(images, targets, d)[:cfg.glyphs_per_digit] for d in range(10)]
-    rng = np.random.default_rng([cfg.seed, GENERATOR_VERSION])
+    rng = np.random.default_rng([cfg.seed, _CLIP_STREAM])
     held = _held_out_combinations(rng, cfg.held_out_fraction)
     held_set = set(held)
+    held_validation = set(_held_out_combinations(np.random.default_rng([cfg.seed, _CLIP_STREAM, 1]),
+                                                 cfg.held_out_validation_fraction, exclude=held_set))
+    partial_rng = np.random.default_rng([cfg.seed, _CLIP_STREAM, 2])
     colors, directions = list(COLORS), list(DIRECTIONS)
     limit = cfg.size - cfg.glyph_size
     width = len(str(cfg.num_clips - 1))
@@ -448,15 +499,19 @@ def sample_clip_specs(cfg: CorpusConfig) -> tuple[list[ClipSpec], list[tuple[int
             start = tuple(_clear_start(float(u), v, limit, cfg.clear_steps) for u, v in zip(where, velocity))
         captions = make_captions(digit, color, direction, rng, cfg.captions_per_clip)
         u = float(rng.uniform())
-        held_out = (digit, color, direction) in held_set
-        if held_out:
+        held_out = (digit, color, direction) in held_set | held_validation
+        if (digit, color, direction) in held_set:
             split = "test"
+        elif (digit, color, direction) in held_validation:
+            split = "validation"
         elif u < cfg.val_fraction:
             split = "validation"
         elif u < cfg.val_fraction + cfg.test_fraction:
             split = "test"
         else:
             split = "train"
+        if split == "train":
+            captions += make_partial_captions(digit, color, direction, partial_rng, cfg.partial_captions)
         boxes, bounces = _trajectory(start, velocity, limit, cfg.num_frames)
         specs.append(ClipSpec(
             id=f"md{i:0{max(width, 5)}d}", index=i, split=split, held_out=held_out, digit=digit, color=color,
@@ -549,15 +604,18 @@ def generate_corpus(out_dir: str | os.PathLike, num_clips: int = 2000, seed: int
 
     splits: dict[str, Any] = {name: [s.id for s in specs if s.split == name]
                               for name in ("train", "validation", "test")}
-    splits["held_out_test"] = [s.id for s in specs if s.held_out]
+    splits["held_out_test"] = [s.id for s in specs if s.held_out and s.split == "test"]
     splits["held_out_combinations"] = [list(c) for c in held]
+    splits["held_out_validation"] = [s.id for s in specs if s.held_out and s.split == "validation"]
+    splits["held_out_validation_combinations"] = sorted(
+        {(s.digit, s.color, s.direction) for s in specs if s.held_out and s.split == "validation"})
     meta = asdict(cfg)
     meta.update(generator="mmtok.data.moving_digits", generator_version=GENERATOR_VERSION,
                 colors={k: list(v) for k, v in COLORS.items()},
                 directions={k: [round(v[0], 6), round(v[1], 6)] for k, v in DIRECTIONS.items()},
                 tone_hz={str(d): round(digit_frequency(d), 3) for d in range(10)},
                 manifest_fields=list(MANIFEST_FIELDS), ground_truth_fields=list(GROUND_TRUTH_FIELDS),
-                counts={k: len(v) for k, v in splits.items() if k != "held_out_combinations"})
+                counts={k: len(v) for k, v in splits.items() if not k.endswith("_combinations")})
     _write_text(out / "ground_truth.jsonl", "".join(_dumps(_ground_truth_record(s, cfg)) + "\n" for s in specs))
     _write_text(out / "splits.json", json.dumps(splits, sort_keys=True, indent=1) + "\n")
     _write_text(out / "corpus.json", json.dumps(meta, sort_keys=True, indent=1) + "\n")

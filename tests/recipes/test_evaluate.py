@@ -174,3 +174,19 @@ def test_metric_json_and_table():
     assert d[0]["interval"] == pytest.approx(list(wilson_interval(2, 4))) and "[15, 85]%" in table
     assert d[1]["interval"] is None
     torch.manual_seed(0)  # keep module state tidy for other tests
+
+
+def test_t2v_sampling_applies_to_text_to_video_only():
+    from pathlib import Path
+
+    from recipes.common import load_config
+    from recipes.evaluate import EvalConfig, _sampling_kwargs
+
+    demo = load_config(EvalConfig, Path(__file__).parents[2] / "recipes/configs/evaluate_demo.yaml")
+    t2v, v2a = _sampling_kwargs(demo, 3, "t2v"), _sampling_kwargs(demo, 3)
+    assert (t2v["temperature"], t2v["cfg_scale"]) == (demo.t2v_sampling.temperature, demo.t2v_sampling.cfg_scale)
+    assert (v2a["temperature"], v2a["cfg_scale"]) == (demo.sampling.temperature, demo.sampling.cfg_scale)
+    assert t2v != v2a and t2v["seed"] == demo.t2v_sampling.seed + 3
+    plain = load_config(EvalConfig, overrides=["sampling.temperature=0.5"])
+    assert plain.t2v_sampling is None and _sampling_kwargs(plain, 0, "t2v") == _sampling_kwargs(plain, 0)
+    assert _sampling_kwargs(plain, 0, "t2v")["temperature"] == 0.5

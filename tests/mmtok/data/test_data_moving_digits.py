@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,12 +130,16 @@ def test_splits_and_held_out_combinations(corpus):
     ids = splits["train"] + splits["validation"] + splits["test"]
     assert sorted(ids) == sorted(truth) and len(set(ids)) == len(ids)
     held = {tuple(c) for c in splits["held_out_combinations"]}
+    held_validation = {tuple(c) for c in splits["held_out_validation_combinations"]}
     assert len(held) == round(0.05 * 10 * len(COLORS) * 8)
+    assert not held & held_validation
     for gt in truth.values():
         combo = (gt["digit"], gt["color"], gt["direction"])
-        assert gt["held_out"] == (combo in held)
+        assert gt["held_out"] == (combo in held or combo in held_validation)
         if combo in held:
             assert gt["split"] == "test" and gt["id"] in splits["held_out_test"]
+        if combo in held_validation:
+            assert gt["split"] == "validation" and gt["id"] in splits["held_out_validation"]
 
 
 def test_held_out_combinations_absent_from_train_at_scale():
@@ -142,8 +147,12 @@ def test_held_out_combinations_absent_from_train_at_scale():
 
     specs, held = sample_clip_specs(CorpusConfig(num_clips=2000, seed=0))
     train = {(s.digit, s.color, s.direction) for s in specs if s.split == "train"}
+    held_validation = {(s.digit, s.color, s.direction) for s in specs if s.held_out and s.split == "validation"}
     assert held and not (train & set(held))
-    assert any(s.held_out for s in specs)
+    assert len(held_validation) == len(held) and not (train & held_validation) and not (held_validation & set(held))
+    assert any(s.held_out and s.split == "test" for s in specs)
+    # each test clip of a validation-only combination would contradict it
+    assert not any(s.split == "test" and (s.digit, s.color, s.direction) in held_validation for s in specs)
     # each held-out combination's parts are all seen in training
     for d, c, m in held:
         assert any(t[0] == d for t in train) and any(t[1] == c for t in train) and any(t[2] == m for t in train)
@@ -160,6 +169,28 @@ def test_captions_name_digit_color_and_vary(corpus):
             assert gt["color"] in low
             assert DIGIT_WORDS[gt["digit"]] in low or str(gt["digit"]) in low
     assert len({r["caption"].split()[1] for r in manifest}) > 3  # phrasing varies
+
+
+def test_partial_captions_name_part_of_the_content_of_training_clips_only():
+    from mmtok.data.moving_digits import _DIRECTION_PHRASES, _TEMPLATES, PARTIAL_TEMPLATES, sample_clip_specs
+
+    plain, _ = sample_clip_specs(CorpusConfig(num_clips=300, seed=1))
+    specs, _ = sample_clip_specs(CorpusConfig(num_clips=300, seed=1, partial_captions=2))
+    for a, b in zip(plain, specs):
+        assert (a.boxes, a.digit, a.color, a.direction, a.split) == (b.boxes, b.digit, b.color, b.direction, b.split)
+        if b.split != "train":
+            assert b.captions == a.captions  # evaluation prompts stay full captions
+            continue
+        assert b.captions[:3] == a.captions and len(b.captions) == 5 and len(set(b.captions)) == 5
+        for cap in b.captions[3:]:
+            low = cap.lower()
+            tokens = re.findall(r"[a-z0-9-]+", low)
+            named = (DIGIT_WORDS[b.digit] in tokens or str(b.digit) in tokens,
+                     b.color in low, b.direction in low or _DIRECTION_PHRASES[b.direction] in low)
+            assert 1 <= sum(named) <= 2, cap  # part of the content, never all of it
+    assert not set(PARTIAL_TEMPLATES) & (set(_TEMPLATES) | set(HELD_OUT_TEMPLATES))
+    with pytest.raises(ValueError, match="partial_captions"):
+        CorpusConfig(partial_captions=len(PARTIAL_TEMPLATES) + 1)
 
 
 def test_config_validation():
