@@ -499,10 +499,11 @@ def sample_clip_specs(cfg: CorpusConfig) -> tuple[list[ClipSpec], list[tuple[int
             start = tuple(_clear_start(float(u), v, limit, cfg.clear_steps) for u, v in zip(where, velocity))
         captions = make_captions(digit, color, direction, rng, cfg.captions_per_clip)
         u = float(rng.uniform())
-        held_out = (digit, color, direction) in held_set | held_validation
-        if (digit, color, direction) in held_set:
+        combo = (digit, color, direction)
+        held_out = combo in held_set or combo in held_validation
+        if combo in held_set:
             split = "test"
-        elif (digit, color, direction) in held_validation:
+        elif combo in held_validation:
             split = "validation"
         elif u < cfg.val_fraction:
             split = "validation"
