@@ -165,6 +165,43 @@ def test_attention_pattern_is_exactly_the_prefix_lm_mask():
         assert torch.equal(attn > 0, expected[:, None].expand_as(attn))
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_vectorised_prefix_mask_matches_transformers_overlay(attn, monkeypatch):
+    """The tensor mask built for unpadded / right-padded batches gives the same outputs as transformers'
+    create_causal_mask with the prefix overlay, with and without a KV cache."""
+    from transformers import DynamicCache
+    from transformers.masking_utils import create_causal_mask
+
+    import lm.modeling_mmlm as modeling
+
+    model = make_model(attn_implementation=attn)
+    ids, _, _ = make_batch(batch=3, length=14)
+    prefix_len = torch.tensor([0, 5, 14])
+    attention_mask = torch.ones(3, 14, dtype=torch.long)
+    attention_mask[0, 11:] = 0  # right padding
+
+    def run(**kw):
+        return model(ids, prefix_len=prefix_len, **kw).logits
+
+    def cached():  # the first 4 tokens fill a cache; prefixes of 5 and 9 reach into the other 10 tokens
+        cache = DynamicCache(config=model.config)
+        model(ids[:, :4], prefix_len=torch.tensor([0, 4, 4]), past_key_values=cache, use_cache=True)
+        return model(ids[:, 4:], prefix_len=torch.tensor([0, 5, 9]), past_key_values=cache, use_cache=True).logits
+
+    fast = [run(), run(attention_mask=attention_mask), cached()]
+    assert not torch.allclose(fast[0][1], model(ids).logits[1])  # the prefix changes row 1's outputs
+
+    def overlay_mask(self, inputs_embeds, attention_mask, past_key_values, position_ids, prefix_len):
+        return create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                  position_ids=position_ids, or_mask_function=modeling.prefix_lm_overlay(prefix_len),
+                                  **{modeling._MASK_CACHE_KW: past_key_values})
+
+    monkeypatch.setattr(modeling.MMLMModel, "build_attention_mask", overlay_mask)
+    slow = [run(), run(attention_mask=attention_mask), cached()]
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b)
+
+
 def test_left_padding_mask_applies_on_top_of_the_prefix():
     """Batched prompts (left padding + attention_mask, as generation uses): pad keys get no attention at all."""
     model = make_model(attn_implementation="eager")
