@@ -192,3 +192,7 @@ def test_targets_table_marks_what_holds():
     assert "&#10003;" in traj                                         # 5 px < 6 px copy-last-frame
     assert "30.0 min" in wall and "&#10007;" in wall
     assert "t2v held-out" not in table                                 # metrics not measured are left out
+    raised = targets_html(doc, {"pretrain": {"seconds": 1700.0}}, 30.0, "more LM steps")
+    wall = next(r for r in raised.split("</tr>") if "wall time" in r)
+    assert "28.3 min" in wall and "&lt;= 30 min" in wall and "&#10003;" in wall
+    assert "Wall-time budget 30 minutes: more LM steps" in raised
