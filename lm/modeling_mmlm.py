@@ -45,6 +45,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from lm import alignment as _alignment
 from lm.configuration_mmlm import MMLMConfig
+from mmtok.pretrained import StrictLoadingMixin
 
 # transformers 5.24 renamed the KV cache argument from past_key_values to cache (the old name warns until 5.40);
 # the layers and the mask builder get it under the name the installed version takes.
@@ -177,7 +178,7 @@ class VideoPositionEmbedding(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- the model
-class MMLMPreTrainedModel(PreTrainedModel):
+class MMLMPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     """Weight init, attention-backend flags and output capture shared by the mmlm models."""
 
     config: MMLMConfig

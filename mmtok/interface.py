@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import torch
+
 MODALITIES = ("text", "image", "video", "audio")
 
 
@@ -64,6 +66,9 @@ class CodeSpec:
     modality: str
     codebook_size: int
     num_codebooks: int = 1
+    # A hash of what maps input to codes where the sizes do not pin it down: a SentencePiece model retrained at the
+    # same size gives the same prompt other ids, so the text tokenizer's digest enters the vocabulary fingerprint.
+    content_digest: str | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -72,7 +77,10 @@ class CodeSpec:
             raise ValueError(f"codebook_size and num_codebooks must be >= 1, got {self}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["content_digest"] is None:
+            del d["content_digest"]
+        return d
 
 
 def code_spec(tokenizer: ModalityTokenizer) -> CodeSpec:
@@ -82,4 +90,15 @@ def code_spec(tokenizer: ModalityTokenizer) -> CodeSpec:
     if missing:
         raise TypeError(f"{type(tokenizer).__name__} does not implement the modality-tokenizer interface: "
                         f"missing {', '.join(missing)}")
-    return CodeSpec(tokenizer.modality, int(tokenizer.codebook_size), int(tokenizer.num_codebooks))
+    return CodeSpec(tokenizer.modality, int(tokenizer.codebook_size), int(tokenizer.num_codebooks),
+                    getattr(tokenizer, "content_digest", None))
+
+
+def require_finite(x: torch.Tensor, what: str) -> None:
+    """Raise ``ValueError`` naming the batch items of ``x`` (batch-first) that hold NaN or infinite values: a
+    tokenizer must refuse such input rather than emit codes for it."""
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1) if x.dim() else ~torch.isfinite(x).reshape(1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(f"{what} holds NaN or infinite values in batch item(s) {rows[:10]}"
+                         + (f" and {len(rows) - 10} more" if len(rows) > 10 else ""))

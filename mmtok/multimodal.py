@@ -18,9 +18,11 @@ Directory layout written by :meth:`MultimodalTokenizer.save_pretrained` (it coex
     vocab.json                  the UnifiedVocabulary
     text/ video/ audio/         each part's own save_pretrained output
 
-Any part with ``save_pretrained(dir)`` / ``from_pretrained(dir)`` can be bundled (the transformers tokenizers and
-:class:`mmtok.text.TextTokenizer`); the class is re-imported from its recorded ``module.QualName``. Loading checks the
-vocabulary against the tokenizers and raises :class:`mmtok.vocab.VocabularyMismatchError` naming both layouts.
+Any part with ``save_pretrained(dir)`` / ``from_pretrained(dir)`` can be bundled. The manifest records each part's
+class by name, and loading resolves that name through a fixed registry (mmtok's own tokenizers, classes added with
+:func:`register_tokenizer_class`, and models registered with transformers' ``AutoModel``), never by importing what
+the file names: a bundle is data, and loading one must not run code it chose. Loading checks the vocabulary against
+the tokenizers and raises :class:`mmtok.vocab.VocabularyMismatchError` naming both layouts.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,12 +41,83 @@ from mmtok.interface import code_spec
 from mmtok.sequence import AUDIO_PATTERNS, ParsedSequence, TaskExample, build_example, build_prompt, parse_sequence
 from mmtok.vocab import UnifiedVocabulary, VocabularyMismatchError
 
-__all__ = ["DecodedExample", "MultimodalTokenizer"]
+__all__ = ["DecodedExample", "MultimodalTokenizer", "register_tokenizer_class"]
 
 BUNDLE_FILE = "multimodal_tokenizer.json"
 VOCAB_FILE = "vocab.json"
 FORMAT_VERSION = 1
 _PARTS = ("text", "video", "audio")
+
+
+# ----------------------------------------------------------------------------------------------- class registry
+_TOKENIZER_CLASSES: dict[str, type] = {}
+
+
+def class_name(cls: type) -> str:
+    """The name a bundle manifest records for ``cls``: ``module.QualName``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_tokenizer_class(cls: type) -> type:
+    """Allow ``cls`` as a part of saved bundles (usable as a class decorator); returns ``cls``.
+
+    mmtok's own tokenizers are registered already. A bundle manifest names each part's class, and
+    :meth:`MultimodalTokenizer.from_pretrained` accepts only registered names, so register your own tokenizer class
+    (one with ``save_pretrained`` / ``from_pretrained``) before loading a bundle that holds it, or name the module
+    that registers it in ``$MMTOK_TOKENIZER_MODULES`` (for recipes run as scripts and their worker processes).
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"register_tokenizer_class takes a class, got {type(cls).__name__}")
+    _TOKENIZER_CLASSES[class_name(cls)] = cls
+    return cls
+
+
+TOKENIZER_MODULES_ENV = "MMTOK_TOKENIZER_MODULES"
+
+
+def _known_classes() -> dict[str, type]:
+    """The registry, with mmtok's own classes and the modules the user lists in ``$MMTOK_TOKENIZER_MODULES``
+    (comma-separated; each registers its classes on import). The variable is how a user's own tokenizer reaches
+    processes the user starts (spawned tokenization workers, recipes run as scripts); a bundle file cannot set it."""
+    if "mmtok.text.TextTokenizer" not in _TOKENIZER_CLASSES:  # imported here to avoid import cycles
+        from mmtok.audio.encodec_bridge import EncodecAudioTokenizer
+        from mmtok.audio.modeling_audio import AudioTokenizer
+        from mmtok.text import TextTokenizer
+        from mmtok.video.modeling_video import VideoTokenizer
+
+        for cls in (TextTokenizer, VideoTokenizer, AudioTokenizer, EncodecAudioTokenizer):
+            register_tokenizer_class(cls)
+    for module in filter(None, (m.strip() for m in os.environ.get(TOKENIZER_MODULES_ENV, "").split(","))):
+        if module not in sys.modules:
+            importlib.import_module(module)
+    return _TOKENIZER_CLASSES
+
+
+def resolve_tokenizer_class(name: Any, folder: Path, field: str) -> type:
+    """The class a manifest ``field`` names: a registered tokenizer class, or the model class transformers'
+    ``AutoModel`` has registered for the ``model_type`` in ``folder/config.json`` when that class has this name.
+    Anything else is a ``ValueError`` naming the field; nothing is imported."""
+    if not isinstance(name, str):
+        raise ValueError(f"{field} must be a class name (a string), got {name!r}")
+    known = _known_classes()
+    if name in known:
+        return known[name]
+    config_path = folder / "config.json"
+    if config_path.is_file():
+        from transformers import AutoConfig, AutoModel
+
+        try:
+            model_type = json.loads(config_path.read_text()).get("model_type")
+            config_cls = type(AutoConfig.for_model(model_type)) if isinstance(model_type, str) else None
+            model_cls = AutoModel._model_mapping[config_cls] if config_cls is not None else None
+        except (ValueError, KeyError, AttributeError, json.JSONDecodeError):
+            model_cls = None
+        if model_cls is not None and class_name(model_cls) == name:
+            return model_cls
+    raise ValueError(f"{field} names {name!r}, which is not a registered tokenizer class (registered: "
+                     f"{sorted(known)}); bundles never import classes by name: import the module that defines it and "
+                     "call mmtok.multimodal.register_tokenizer_class on the class first (in the module's own code, "
+                     f"and list that module in ${TOKENIZER_MODULES_ENV} for processes that load the bundle by path)")
 
 
 @dataclass
@@ -223,9 +297,13 @@ class MultimodalTokenizer:
                     and callable(getattr(type(part), "from_pretrained", None))):
                 raise TypeError(f"the {name} tokenizer ({type(part).__name__}) has no save_pretrained/"
                                 "from_pretrained, so the bundle cannot store it")
+            known = _known_classes()
+            if class_name(type(part)) not in known:
+                raise TypeError(f"the {name} tokenizer's class {class_name(type(part))} is not registered, so the "
+                                "saved bundle could not be loaded: call mmtok.multimodal.register_tokenizer_class "
+                                "on it")
             part.save_pretrained(d / name)
-            cls = type(part)
-            parts[name] = {"class": f"{cls.__module__}.{cls.__qualname__}", "subfolder": name}
+            parts[name] = {"class": class_name(type(part)), "subfolder": name}
         self.vocab.to_json(d / VOCAB_FILE)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -246,7 +324,8 @@ class MultimodalTokenizer:
 
         ``part_kwargs`` maps a part name to keyword arguments for its ``from_pretrained`` (e.g.
         ``video={"torch_dtype": torch.float32}``). Raises ``FileNotFoundError`` for a missing directory or manifest,
-        ``ImportError`` naming a recorded class that cannot be imported, and
+        ``ValueError`` naming a manifest field whose class is not registered (see
+        :func:`register_tokenizer_class`; nothing named in the file is imported), and
         :class:`~mmtok.vocab.VocabularyMismatchError` when the vocabulary and the tokenizers disagree.
         """
         d = Path(directory)
@@ -268,10 +347,14 @@ class MultimodalTokenizer:
         for name, entry in manifest.get("parts", {}).items():
             if name not in _PARTS:
                 raise ValueError(f"{manifest_path}: unknown part {name!r}")
-            part_cls = _import_class(entry["class"])
-            sub = d / entry.get("subfolder", name)
+            subfolder = entry.get("subfolder", name)
+            if not isinstance(subfolder, str) or Path(subfolder).is_absolute() or ".." in Path(subfolder).parts:
+                raise ValueError(f"{manifest_path}: parts.{name}.subfolder must be a folder inside the bundle, "
+                                 f"got {subfolder!r}")
+            sub = d / subfolder
             if not sub.is_dir():
                 raise FileNotFoundError(f"the {name} tokenizer folder {sub} is missing from the bundle")
+            part_cls = resolve_tokenizer_class(entry.get("class"), sub, f"{manifest_path}: parts.{name}.class")
             parts[name] = part_cls.from_pretrained(sub, **part_kwargs.get(name, {}))
         vocab = UnifiedVocabulary.from_json(d / manifest.get("vocab_file", VOCAB_FILE))
         recorded = manifest.get("vocab_fingerprint")
@@ -293,23 +376,3 @@ class MultimodalTokenizer:
     def __repr__(self) -> str:
         parts = ", ".join(f"{n}={type(getattr(self, n)).__name__}" for n in _PARTS if getattr(self, n) is not None)
         return f"MultimodalTokenizer({parts}; {self.vocab.describe()})"
-
-
-def _import_class(path: str) -> type:
-    # nested classes: walk the qualname from the longest importable module prefix
-    pieces = path.split(".")
-    for cut in range(len(pieces) - 1, 0, -1):
-        module_name = ".".join(pieces[:cut])
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        try:
-            for attr in pieces[cut:]:
-                obj = getattr(obj, attr)
-        except AttributeError:
-            break
-        if isinstance(obj, type):
-            return obj
-        break
-    raise ImportError(f"cannot import the tokenizer class {path!r} recorded in the bundle")

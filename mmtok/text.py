@@ -19,6 +19,7 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -125,6 +126,12 @@ class TextTokenizer:
     @property
     def frame_rate(self) -> None:
         return None
+
+    @property
+    def content_digest(self) -> str:
+        """16 hex digits hashing the SentencePiece model: part of the vocabulary fingerprint, so a model retrained
+        at the same size (same prompt, other ids) never passes as the same layout."""
+        return hashlib.sha256(self._proto).hexdigest()[:16]
 
     @property
     def unk_id(self) -> int:

@@ -360,6 +360,9 @@ class UnifiedVocabulary:
             elif mine.codebook_size != theirs.codebook_size:
                 problems.append(f"{name}: codebook_size {mine.codebook_size} in the vocabulary, "
                                 f"{theirs.codebook_size} in the tokenizer")
+            elif mine.content_digest != theirs.content_digest and mine.content_digest and theirs.content_digest:
+                problems.append(f"{name}: the tokenizer is not the one the vocabulary was built with (model digest "
+                                f"{mine.content_digest} in the vocabulary, {theirs.content_digest} in the tokenizer)")
             elif name == "audio" and theirs.num_codebooks < self._num_audio_levels:
                 problems.append(f"audio: vocabulary keeps {self._num_audio_levels} RVQ levels, the codec has only "
                                 f"{theirs.num_codebooks}")
@@ -462,6 +465,9 @@ class UnifiedVocabulary:
         layout["special_tokens"] = list(self._named_specials)
         if self._audio_levels:
             layout["audio_levels"] = [[r.start, r.stop] for r in self._audio_levels]
+        digests = {name: spec.content_digest for name, spec in self._specs.items() if spec.content_digest}
+        if digests:
+            layout["content_digests"] = digests
         return layout
 
     def _canonical(self, modality: str, must_exist: bool = True) -> str:

@@ -9,7 +9,12 @@ the resolved result into the run folder.
 
 Checkpoints: :func:`save_checkpoint` writes ``<run>/checkpoints/step_XXXXXXXX`` through a temporary folder and an
 ``os.replace``, then points ``<run>/checkpoints/latest`` at it with another atomic rename, so a job killed at any
-instant leaves either the previous checkpoint or the new one, never half of one.
+instant leaves either the previous checkpoint or the new one, never half of one. Nothing in a checkpoint is
+unpickled: weights are safetensors, the optimizer and random states go through ``torch.load(weights_only=True)``
+(accelerate's loader), loop state (the LR scheduler's included) is JSON, and custom pickled objects
+(``accelerator.register_for_checkpointing``) are refused. :func:`load_checkpoint` restores every state it saved or
+raises :class:`CheckpointError` naming the file (``--allow-inexact-resume`` turns missing random states into a
+warning).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -40,6 +46,9 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", type=str, default=None, help="YAML file merged over the defaults")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    parser.add_argument("--allow-inexact-resume", action="store_true",
+                        help="resume even when the checkpoint's random states are missing or damaged (with a warning: "
+                             "the run is then no longer reproducible)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.preset=debug")
     return parser
 
@@ -94,16 +103,43 @@ def checkpoint_root(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be restored exactly: a file is missing, damaged or unsafe to load (the message names it)."""
+
+
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's complete checkpoint folders (those with ``trainer_state.json``), oldest first."""
+    root = checkpoint_root(run_dir)
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / "trainer_state.json").is_file())
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The folder the ``latest`` pointer names, or ``None`` when the run has no complete checkpoint."""
+    """The folder the ``latest`` pointer names, or ``None`` when the run has no complete checkpoint.
+
+    A missing pointer, or one naming an incomplete folder, falls back to the newest complete checkpoint (with a
+    warning): the pointer is a convenience, the ``step_*`` folders are the record."""
     root = checkpoint_root(run_dir)
     pointer = root / LATEST
-    if not pointer.is_file():
-        return None
-    target = root / pointer.read_text().strip()
-    if not (target / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"checkpoint pointer {pointer} names {target}, which is missing or incomplete")
-    return target
+    complete = complete_checkpoints(run_dir)
+    if pointer.is_file():
+        target = root / pointer.read_text().strip()
+        if (target / "trainer_state.json").is_file():
+            return target
+        if not complete:
+            raise FileNotFoundError(f"checkpoint pointer {pointer} names {target}, which is missing or incomplete, "
+                                    "and the run has no other complete checkpoint")
+        warnings.warn(f"checkpoint pointer {pointer} names {target}, which is missing or incomplete; using the newest "
+                      f"complete checkpoint {complete[-1].name}", stacklevel=2)
+    elif complete:
+        warnings.warn(f"checkpoint pointer {pointer} is missing; using the newest complete checkpoint "
+                      f"{complete[-1].name}", stacklevel=2)
+    return complete[-1] if complete else None
+
+
+def _refuse_pickled_objects(accelerator: Any) -> None:
+    if getattr(accelerator, "_custom_objects", None):
+        raise CheckpointError("objects registered with accelerator.register_for_checkpointing are saved as pickles "
+                              "and unpickled on load; mmtok keeps such state in trainer_state.json (JSON) instead")
 
 
 def save_checkpoint(accelerator: Any, run_dir: str | os.PathLike, step: int, trainer_state: dict[str, Any],
@@ -122,6 +158,7 @@ def save_checkpoint(accelerator: Any, run_dir: str | os.PathLike, step: int, tra
 
     Every process must call this (DeepSpeed saves shards from every rank); only the main process renames.
     """
+    _refuse_pickled_objects(accelerator)
     root = checkpoint_root(run_dir)
     name = f"step_{step:08d}"
     final = root / name
@@ -150,19 +187,84 @@ def save_checkpoint(accelerator: Any, run_dir: str | os.PathLike, step: int, tra
     return final
 
 
-def load_checkpoint(accelerator: Any, run_dir: str | os.PathLike,
-                    extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Restore the latest checkpoint of ``run_dir`` into the accelerator; returns its trainer state (or ``None``)."""
+def check_checkpoint_files(accelerator: Any, ckpt: Path, allow_inexact: bool = False) -> None:
+    """Raise :class:`CheckpointError` naming the first file of ``ckpt`` that ``accelerator.load_state`` needs and
+    that is missing or damaged. accelerate itself only logs (at INFO) random states it cannot read and goes on, which
+    would make a resumed run silently differ; with ``allow_inexact`` that case is a warning instead."""
+    from accelerate.utils import DistributedType
+    from accelerate.utils import load as safe_torch_load  # torch.load(weights_only=True) with numpy arrays allowed
+    from safetensors import safe_open
+
+    needed = []
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:  # DeepSpeed checks its own shard files
+        needed += [ckpt / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+                   for i in range(len(accelerator._models))]
+        needed += [ckpt / ("optimizer.bin" if i == 0 else f"optimizer_{i}.bin")
+                   for i in range(len(accelerator._optimizers))]
+    needed += [ckpt / ("scheduler.bin" if i == 0 else f"scheduler_{i}.bin")
+               for i in range(len(accelerator._schedulers))]
+    for path in needed:
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {ckpt} is missing {path.name}; resume from another checkpoint or start "
+                                  "the run again")
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    f.keys()
+            except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
+                raise CheckpointError(f"{path} is damaged: {e}") from e
+    planted = sorted(p.name for p in ckpt.glob("custom_checkpoint_*.pkl"))
+    if planted:  # accelerate would unpickle these with weights_only=False
+        raise CheckpointError(f"checkpoint {ckpt} holds pickled custom state ({', '.join(planted)}), which mmtok "
+                              "never loads (unpickling can run code). A checkpoint of an older mmtok keeps its LR "
+                              "schedule there, which mmtok rebuilds from the step: delete the file(s) to resume")
+    rng = ckpt / f"random_states_{accelerator.process_index}.pkl"
+    problem = None
+    if not rng.is_file():
+        problem = f"checkpoint {ckpt} is missing {rng.name}"
+    else:
+        try:
+            states = safe_torch_load(rng)
+            if not isinstance(states, dict) or "torch_manual_seed" not in states:
+                problem = f"{rng} does not hold random states"
+        except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+            problem = f"{rng} is damaged or unsafe to load ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    if problem is not None:
+        if not allow_inexact:
+            raise CheckpointError(f"{problem}: the run cannot resume exactly. Pass --allow-inexact-resume to go on "
+                                  "with fresh random states (the run is then no longer reproducible)")
+        warnings.warn(f"{problem}; resuming with the current random states: the run is no longer reproducible",
+                      stacklevel=2)
+
+
+def load_checkpoint(accelerator: Any, run_dir: str | os.PathLike, extra: dict[str, Any] | None = None,
+                    allow_inexact: bool = False) -> dict[str, Any] | None:
+    """Restore the latest checkpoint of ``run_dir`` into the accelerator; returns its trainer state (or ``None``).
+
+    Every file the checkpoint needs is checked first (:func:`check_checkpoint_files`); errors name the file."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         return None
-    accelerator.load_state(str(ckpt))
+    _refuse_pickled_objects(accelerator)
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{ckpt / 'trainer_state.json'} is damaged: {e}") from e
+    check_checkpoint_files(accelerator, ckpt, allow_inexact)
+    for key in extra or {}:
+        if not (ckpt / f"{key}.pt").is_file():
+            raise CheckpointError(f"checkpoint {ckpt} has no {key}.pt (saved without {key}?)")
+    try:
+        accelerator.load_state(str(ckpt))
+    except Exception as e:  # noqa: BLE001 - name the checkpoint whatever failed inside accelerate
+        raise CheckpointError(f"could not restore checkpoint {ckpt}: {type(e).__name__}: {e}") from e
     for key, obj in (extra or {}).items():
         path = ckpt / f"{key}.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {ckpt} has no {path.name} (saved without {key}?)")
-        obj.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return json.loads((ckpt / "trainer_state.json").read_text())
+        try:
+            obj.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{path} is damaged or unsafe to load: {type(e).__name__}: {e}") from e
+    return state
 
 
 # ------------------------------------------------------------------------------------------------------------ logs

@@ -23,6 +23,7 @@ printed as one ``error:`` line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -99,12 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("t2v", help="text to video")
     common(p, "output clip: .mp4 or .gif")
     p.add_argument("--prompt", required=True, help="the caption")
-    p.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale factor of the written frames")
+    p.add_argument("--upscale", default=1, type=positive_int,
+                   help="nearest-neighbour upscale factor of the written frames")
 
     p = sub.add_parser("t2i", help="text to image")
     common(p, "output image: .png (or a 1-frame .gif/.mp4)")
     p.add_argument("--prompt", required=True, help="the caption")
-    p.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale factor of the written image")
+    p.add_argument("--upscale", default=1, type=positive_int,
+                   help="nearest-neighbour upscale factor of the written image")
 
     p = sub.add_parser("v2a", help="video to audio")
     common(p, "output audio: .wav or .flac")
@@ -122,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None, help="optional caption condition")
     p.add_argument("--pad", action="store_true", help="repeat the last frame when the input is too short")
     p.add_argument("--only-new", action="store_true", help="write only the generated frames")
-    p.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale factor of the written frames")
+    p.add_argument("--upscale", default=1, type=positive_int,
+                   help="nearest-neighbour upscale factor of the written frames")
 
     p = sub.add_parser("a2v", help="audio to video")
     common(p, "output clip: .mp4 or .gif")
@@ -130,14 +134,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="seconds of audio read (default: the clip length)")
     p.add_argument("--prompt", default=None, help="optional caption condition")
     p.add_argument("--with-audio", action="store_true", help="mux the input audio into the .mp4")
-    p.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale factor of the written frames")
+    p.add_argument("--upscale", default=1, type=positive_int,
+                   help="nearest-neighbour upscale factor of the written frames")
     return parser
 
 
-def _check_out(out: Path, suffixes: Sequence[str], what: str) -> None:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _check_out(out: Path, suffixes: Sequence[str], what: str, flag: str = "--out") -> None:
+    """The output's kind, and that its folder can be written, before any generation runs."""
     if out.suffix.lower() not in suffixes:
-        raise GenerationError(f"--out {out}: {what} is written as {' / '.join(suffixes)}, "
+        raise GenerationError(f"{flag} {out}: {what} is written as {' / '.join(suffixes)}, "
                               f"got {out.suffix or 'no suffix'!r}")
+    folder = out.parent if str(out.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GenerationError(f"{flag} {out}: cannot create the folder {folder} ({e.strerror})") from e
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise GenerationError(f"{flag} {out}: the folder {folder} is not writable")
+    if out.is_dir():
+        raise GenerationError(f"{flag} {out} is a folder; give a file name")
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -147,7 +173,7 @@ def run(args: argparse.Namespace) -> list[Path]:
                 "v2a": AUDIO_SUFFIXES}[args.command]
     _check_out(out, suffixes, {"t2i": "an image", "v2a": "audio"}.get(args.command, "a video"))
     if getattr(args, "mux", None) is not None:
-        _check_out(Path(args.mux), (".mp4", ".mkv", ".mov"), "the muxed video")
+        _check_out(Path(args.mux), (".mp4", ".mkv", ".mov"), "the muxed video", flag="--mux")
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                               cfg_scale=args.cfg_scale, num_samples=args.num_samples, seed=args.seed,
                               use_cache=not args.no_cache).validate()
@@ -220,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ValueError as e:  # vocabulary mismatches, invalid sampling settings
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write that failed after all (disk full, a folder made read-only meanwhile)
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     for path in written:
         print(f"wrote {path}")

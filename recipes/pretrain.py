@@ -44,6 +44,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from lm import MMLMConfig, MMLMForCausalLM  # noqa: E402
 from lm.modeling_mmlm import video_positions  # noqa: E402
+from mmtok.pretrained import WeightsMismatchError  # noqa: E402
 from recipes.common import (  # noqa: E402
     RunLogger,
     atomic_write_text,
@@ -511,8 +512,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if cfg.model.init_from:
         if use_alignment and MMLMConfig.from_pretrained(cfg.model.init_from).alignment is not None:
             align_kwargs = {}
-        model = MMLMForCausalLM.from_pretrained(cfg.model.init_from, attn_implementation=cfg.model.attn_implementation,
-                                                **align_kwargs)
+        # A head added to a model exported without one starts fresh: only its weights may be missing.
+        model, info = MMLMForCausalLM.from_pretrained(cfg.model.init_from, output_loading_info=True,
+                                                      attn_implementation=cfg.model.attn_implementation,
+                                                      strict=not align_kwargs, **align_kwargs)
+        unexplained = [k for k in info["missing_keys"] if not str(k).startswith("alignment.")]
+        if unexplained or info["unexpected_keys"] or info["mismatched_keys"]:
+            raise WeightsMismatchError(f"model.init_from={cfg.model.init_from}: the weights do not match the model "
+                                       f"(missing {unexplained}, unexpected {sorted(info['unexpected_keys'])}, "
+                                       f"other shapes {info['mismatched_keys']})")
         model.check_vocabulary(vocab)
     else:
         config = MMLMConfig.from_preset(cfg.model.preset, vocab=vocab, **dict(cfg.model.overrides), **align_kwargs)
@@ -535,15 +543,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model, optimizer = accelerator.prepare(model, optimizer)
     # The scheduler is stepped by hand once per optimizer step (not through prepare, which would step it once per
     # process) and checkpointed with the rest.
+    # Its state travels as JSON in trainer_state.json (registering it with accelerate would pickle it).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
-    accelerator.register_for_checkpointing(scheduler)
 
     start_step = 0
     if args.resume:
         if latest_checkpoint(run_dir) is None:
             raise FileNotFoundError(f"--resume: {run_dir} has no complete checkpoint")
-        state = load_checkpoint(accelerator, run_dir)
+        state = load_checkpoint(accelerator, run_dir, allow_inexact=args.allow_inexact_resume)
         start_step = int(state["step"])
+        # The schedule is a pure function of the step: a checkpoint without the scheduler's state resumes from it.
+        scheduler.load_state_dict(state.get("scheduler") or {**scheduler.state_dict(), "last_epoch": start_step,
+                                                             "_step_count": start_step + 1})
         accelerator.print(f"resumed from step {start_step}")
     logger = RunLogger(run_dir, enabled=accelerator.is_main_process,
                        resume_step=start_step if args.resume else None)
@@ -621,10 +632,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             metrics = evaluate(model, accelerator, eval_batches, modalities)
             logger.log(done, metrics)
         if done % tc.save_every == 0 and done < tc.steps:
-            save_checkpoint(accelerator, run_dir, done, {"step": done}, keep=tc.keep_checkpoints)
+            save_checkpoint(accelerator, run_dir, done, {"step": done, "scheduler": scheduler.state_dict()},
+                            keep=tc.keep_checkpoints)
     bar.close()
 
-    save_checkpoint(accelerator, run_dir, tc.steps, {"step": tc.steps}, keep=tc.keep_checkpoints)
+    save_checkpoint(accelerator, run_dir, tc.steps, {"step": tc.steps, "scheduler": scheduler.state_dict()},
+                    keep=tc.keep_checkpoints)
     export_dir = export(accelerator, model, cfg, vocab, bundle, metrics)
     accelerator.print(f"exported to {export_dir}")
     logger.close()

@@ -74,7 +74,9 @@ class TokenizeConfig:
         torch_threads: torch threads per process (1 keeps results identical for any worker count).
         fps, num_frames, size: how video is sampled (``size``: shorter side, centre-cropped square).
         sample_rate: audio rate; ``None`` takes the audio tokenizer's ``sample_rate``.
-        require_audio: treat a video without an audio track as a bad file.
+        require_audio: treat a video without an audio track, or whose audio ends more than ``audio_tolerance``
+            seconds before its frames, as a bad file (without it such audio is zero-padded and noted in the report).
+        audio_tolerance: seconds of missing audio at a clip's end that pass unremarked.
         pad: pad clips that end early instead of skipping them.
         limit: tokenize only the first ``limit`` records (quick trials); ``None``: all.
         overwrite: delete an existing output folder first.
@@ -93,6 +95,7 @@ class TokenizeConfig:
     size: Optional[int] = 64
     sample_rate: Optional[int] = None
     require_audio: bool = False
+    audio_tolerance: float = 0.1
     pad: bool = False
     limit: Optional[int] = None
     overwrite: bool = False
@@ -194,12 +197,13 @@ def tokenize_shard(job: dict[str, Any]) -> dict[str, Any]:
         pending.clear()
 
     for rec in job["records"]:
-        record = ClipRecord(**{**rec, "video": Path(rec["video"]) if rec["video"] else None,
-                               "audio": Path(rec["audio"]) if rec["audio"] else None})
+        record = ClipRecord(**{**rec, **{k: Path(rec[k]) if rec.get(k) else None
+                                         for k in ("video", "audio", "caption_file")}})
         report.total += 1
         paths[record.id] = record.path
         try:
             pending.append(load_clip(record, clip_cfg))
+            report.note_clip(pending[-1], record.path)
         except MediaError as e:
             report.add(record.id, e.path, e.reason)
             if ticks is not None:
@@ -217,6 +221,7 @@ def _record_json(r: ClipRecord) -> dict[str, Any]:
     d = asdict(r)
     d["video"] = str(r.video) if r.video is not None else None
     d["audio"] = str(r.audio) if r.audio is not None else None
+    d["caption_file"] = str(r.caption_file) if r.caption_file is not None else None
     return d
 
 
@@ -272,8 +277,8 @@ def run(cfg: TokenizeConfig) -> Path:
     if cfg.limit is not None:
         records = records[:cfg.limit]
     # absolute paths: the plan (and a resume) must not depend on the working directory
-    records = [replace(r, video=r.video.resolve() if r.video is not None else None,
-                       audio=r.audio.resolve() if r.audio is not None else None) for r in records]
+    records = [replace(r, **{k: getattr(r, k).resolve() if getattr(r, k) is not None else None
+                             for k in ("video", "audio", "caption_file")}) for r in records]
     if not records:
         raise SystemExit(f"no records in {cfg.data}" + (f" for split {cfg.split!r}" if cfg.split else ""))
 
@@ -283,7 +288,8 @@ def run(cfg: TokenizeConfig) -> Path:
         sample_rate = int(bundle.audio.sample_rate)
     clip_cfg = ClipConfig(fps=cfg.fps, num_frames=cfg.num_frames, size=cfg.size,
                           sample_rate=sample_rate if bundle.audio is not None else None,
-                          require_audio=cfg.require_audio, pad=cfg.pad, video=bundle.video is not None)
+                          require_audio=cfg.require_audio, audio_tolerance=cfg.audio_tolerance, pad=cfg.pad,
+                          video=bundle.video is not None)
     plan = make_plan(cfg, records, bundle, clip_cfg)
 
     # ---- plan: written first; a rerun must match it, then only unfinished shards are done
@@ -316,6 +322,8 @@ def run(cfg: TokenizeConfig) -> Path:
     bar = tqdm(total=todo, desc="tokenize", unit="clip", disable=not progress_enabled())
     if jobs and cfg.num_workers > 0:
         import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
 
         ctx = mp.get_context("spawn")
         ticks = ctx.Queue()
@@ -330,14 +338,21 @@ def run(cfg: TokenizeConfig) -> Path:
 
         reader = threading.Thread(target=drain, daemon=True)
         reader.start()
-        with ctx.Pool(min(cfg.num_workers, len(jobs)), initializer=_init_worker,
-                      initargs=(str(cfg.tokenizer), cfg.torch_threads, ticks)) as pool:
-            for result in pool.imap_unordered(tokenize_shard, jobs):
-                done_rows += result["rows"]
-            pool.close()
-            pool.join()
-        stop.set()
-        reader.join()
+        # concurrent.futures rather than multiprocessing.Pool: when a worker dies (kill -9, the OOM killer) the
+        # pool breaks and the run fails at once, where Pool would wait forever for the lost shard.
+        pool = ProcessPoolExecutor(min(cfg.num_workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                                   initargs=(str(cfg.tokenizer), cfg.torch_threads, ticks))
+        try:
+            for future in as_completed([pool.submit(tokenize_shard, job) for job in jobs]):
+                done_rows += future.result()["rows"]
+        except BrokenProcessPool as e:
+            raise SystemExit(f"tokenize: a worker process died (killed, or out of memory?) before its shard was "
+                             f"written; the finished shards in {shard_dir} are kept: run the same command again to "
+                             "resume, with fewer num_workers if memory is short") from e
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            stop.set()
+            reader.join()
         ticks.close()
         ticks.join_thread()
     elif jobs:

@@ -214,10 +214,10 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_arg_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     cfg: AudioTokenizerTrainConfig = load_config(AudioTokenizerTrainConfig, args.config, args.overrides)
-    return train(cfg, resume=args.resume)
+    return train(cfg, resume=args.resume, allow_inexact_resume=args.allow_inexact_resume)
 
 
-def train(cfg: AudioTokenizerTrainConfig, resume: bool = False) -> dict[str, Any]:
+def train(cfg: AudioTokenizerTrainConfig, resume: bool = False, allow_inexact_resume: bool = False) -> dict[str, Any]:
     from accelerate import Accelerator
     from tqdm import tqdm
 
@@ -271,7 +271,7 @@ def train(cfg: AudioTokenizerTrainConfig, resume: bool = False) -> dict[str, Any
 
     step = 0
     if resume:
-        state = load_checkpoint(accelerator, run, extra=extra)
+        state = load_checkpoint(accelerator, run, extra=extra, allow_inexact=allow_inexact_resume)
         if state is None:
             accelerator.print(f"--resume: no checkpoint in {run}, starting from scratch")
         else:

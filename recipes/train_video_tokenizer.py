@@ -161,7 +161,7 @@ def find_records(cfg: DataConfig) -> list[ClipRecord]:
         return load_records(source, split=cfg.split)
     records = [r for r in load_records(source) if r.video is not None]
     for p in sorted(source.rglob("*")):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+        if (p.is_file() or (p.is_symlink() and not p.exists())) and p.suffix.lower() in IMAGE_EXTENSIONS:
             records.append(ClipRecord(id=p.relative_to(source).as_posix(), video=p))
     return records
 
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ---- resume
     step = 0
     if args.resume:
-        state = load_checkpoint(accelerator, run_dir, extra=extra)
+        state = load_checkpoint(accelerator, run_dir, extra=extra, allow_inexact=args.allow_inexact_resume)
         if state is None:
             accelerator.print(f"--resume: no checkpoint in {run_dir}, starting from scratch")
         else:

@@ -49,6 +49,8 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from mmtok.audio.configuration_audio import AudioTokenizerConfig
+from mmtok.interface import require_finite
+from mmtok.pretrained import StrictLoadingMixin
 from mmtok.quantizers import ResidualVQ
 from mmtok.quantizers.vq import VectorQuantizer
 
@@ -410,7 +412,7 @@ class AudioTokenizerOutput(ModelOutput):
     metrics: dict | None = None
 
 
-class AudioTokenizer(PreTrainedModel):
+class AudioTokenizer(StrictLoadingMixin, PreTrainedModel):
     """SoundStream/EnCodec-style audio tokenizer with residual VQ.
 
     Implements :class:`mmtok.interface.ModalityTokenizer`: ``encode`` mono waveforms ``[B, 1, N]`` or ``[B, N]``
@@ -549,6 +551,7 @@ class AudioTokenizer(PreTrainedModel):
         if wav.dim() != 3 or wav.shape[1] != 1:
             raise ValueError(f"audio must be mono [B, 1, N] or [B, N], got shape {tuple(wav.shape)}"
                              + (" (stereo? downmix to mono first)" if wav.dim() == 3 else ""))
+        require_finite(wav, "audio")
         param = next(self.parameters())
         return wav.to(device=param.device, dtype=param.dtype)
 

@@ -8,11 +8,13 @@ Manifest format (one JSON object per line; blank lines and lines starting with `
 
 - ``id`` (required, unique), ``video`` and/or ``audio`` (at least one; relative paths resolve against the manifest's
   folder), ``caption`` (string) or ``captions`` (list of strings; both may be given, ``caption`` first), optional
-  ``start`` / ``end`` in seconds and ``split``. Other keys are kept in :attr:`ClipRecord.meta`.
+  ``caption_file`` (a UTF-8 text file, one caption per line, read with the media), ``start`` / ``end`` in seconds
+  and ``split``. Other keys are kept in :attr:`ClipRecord.meta`.
 - The Moving-Digits ``manifest.jsonl`` (:mod:`mmtok.data.moving_digits`) is such a manifest.
 
 A folder is scanned with :func:`mmtok.data.media.list_media`; a caption comes from a sidecar text file with the same
-stem (``clip.mp4`` + ``clip.txt``, one caption per line) when present.
+stem (``clip.mp4`` + ``clip.txt``, one caption per line) when present. Sidecars are read when the clip is decoded,
+so an unreadable or non-UTF-8 one is a bad file of that record (skipped, counted, reported), like broken media.
 
 Decoding (:func:`load_clip`) samples ``num_frames`` frames at ``fps`` from ``start``, resizes the shorter side and
 centre-crops, and reads the audio from the ``audio`` file or else from the video's own audio track, resampled to
@@ -50,7 +52,7 @@ __all__ = [
     "scan_folder",
 ]
 
-_KNOWN_KEYS = {"id", "video", "audio", "caption", "captions", "start", "end", "split"}
+_KNOWN_KEYS = {"id", "video", "audio", "caption", "captions", "caption_file", "start", "end", "split"}
 
 
 class ManifestError(ValueError):
@@ -69,6 +71,8 @@ class ClipRecord:
         start, end: seconds within the media (``end=None``: to the end / as many frames as asked).
         split: optional split name (``"train"``, ``"validation"``, ``"test"``, ...).
         meta: any other manifest keys (kept and carried into the token shards).
+        caption_file: a sidecar text file (one caption per line, UTF-8) read with the media by :func:`load_clip`,
+            so an unreadable one makes this record a bad file rather than stopping a folder scan.
     """
 
     id: str
@@ -79,6 +83,7 @@ class ClipRecord:
     end: float | None = None
     split: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    caption_file: Path | None = None
 
     @property
     def path(self) -> Path:
@@ -123,8 +128,10 @@ def _record_from_json(obj: Any, base: Path, where: str) -> ClipRecord:
         q = Path(os.path.expanduser(p))
         return q if q.is_absolute() else base / q
 
+    if obj.get("caption_file") is not None and not isinstance(obj["caption_file"], str):
+        raise ManifestError(f"{where}: 'caption_file' must be a path (a string)")
     return ClipRecord(id=str(obj["id"]), video=resolve(video), audio=resolve(audio), captions=captions,
-                      start=start, end=end, split=obj.get("split"),
+                      start=start, end=end, split=obj.get("split"), caption_file=resolve(obj.get("caption_file")),
                       meta={k: v for k, v in obj.items() if k not in _KNOWN_KEYS})
 
 
@@ -141,12 +148,15 @@ def read_manifest(path: str | os.PathLike, *, split: str | Sequence[str] | None 
     keep = None if split is None else ({split} if isinstance(split, str) else set(split))
     records: list[ClipRecord] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise ManifestError(f"{where}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from e
             if not line or line.startswith("#"):
                 continue
-            where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
@@ -162,7 +172,7 @@ def read_manifest(path: str | os.PathLike, *, split: str | Sequence[str] | None 
 
 def scan_folder(folder: str | os.PathLike, *, recursive: bool = True) -> list[ClipRecord]:
     """One record per media file under ``folder`` (sorted), id = relative path without suffix; captions from a
-    sidecar ``<stem>.txt`` (one caption per line) when present."""
+    sidecar ``<stem>.txt`` (one caption per line, read by :func:`load_clip`) when present."""
     folder = Path(folder)
     records = []
     seen: set[str] = set()
@@ -171,11 +181,9 @@ def scan_folder(folder: str | os.PathLike, *, recursive: bool = True) -> list[Cl
         rid = rel if rel not in seen else p.relative_to(folder).as_posix()  # a.mp4 + a.wav: keep both
         seen.add(rid)
         sidecar = p.with_suffix(".txt")
-        captions = [c.strip() for c in sidecar.read_text(encoding="utf-8").splitlines() if c.strip()] \
-            if sidecar.is_file() else []
         is_video = p.suffix.lower() in VIDEO_EXTENSIONS
         records.append(ClipRecord(id=rid, video=p if is_video else None, audio=None if is_video else p,
-                                  captions=captions))
+                                  caption_file=sidecar if sidecar.exists() or sidecar.is_symlink() else None))
     return records
 
 
@@ -199,7 +207,10 @@ class ClipConfig:
         num_frames: frames per clip (``None``: all frames from ``start`` to ``end``).
         size: shorter side resized to ``size`` and centre-cropped to a square (``None``: source size).
         sample_rate: audio rate (``None``: no audio is read).
-        require_audio: raise :class:`MediaError` for a video without an audio track (else ``audio=None``).
+        require_audio: raise :class:`MediaError` for a video without an audio track (else ``audio=None``), or whose
+            audio ends more than ``audio_tolerance`` seconds before its frames do.
+        audio_tolerance: seconds of audio a clip may lack at its end before it counts as short (its shortfall is
+            then recorded in ``Clip.meta["audio_missing_seconds"]``, and the audio zero-padded).
         pad: pad a clip that ends early (repeat the last frame, zero audio) instead of rejecting it.
         video: decode frames (``False``: audio only, e.g. when no video tokenizer will read them).
     """
@@ -209,6 +220,7 @@ class ClipConfig:
     size: int | None = 64
     sample_rate: int | None = 16000
     require_audio: bool = False
+    audio_tolerance: float = 0.1
     pad: bool = False
     video: bool = True
 
@@ -229,6 +241,10 @@ class Clip:
 def load_clip(record: ClipRecord, cfg: ClipConfig | None = None) -> Clip:
     """Decode one record. Raises :class:`MediaError` (naming the file and the reason) when it cannot."""
     cfg = cfg if cfg is not None else ClipConfig()
+    extra_meta: dict[str, Any] = {}
+    captions = list(record.captions)
+    if record.caption_file is not None:
+        captions += [c for c in read_caption_file(record.caption_file) if c not in captions]
     frames = None
     if record.video is not None and cfg.video:
         frames = read_video(record.video, fps=cfg.fps, num_frames=cfg.num_frames, size=cfg.size,
@@ -247,31 +263,69 @@ def load_clip(record: ClipRecord, cfg: ClipConfig | None = None) -> Clip:
             duration = None
         try:
             audio = read_audio(source, sample_rate=cfg.sample_rate, mono=True, start=record.start,
-                               duration=duration, pad=cfg.pad or record.video is not None)
+                               duration=duration)
         except MediaError as e:
             no_track = e.reason == "no audio stream" and record.audio is None and record.video is not None
             if not no_track or cfg.require_audio:
                 raise
+        if audio is not None and duration is not None and (cfg.pad or record.video is not None):
+            # Audio that ends before the frames is zero-padded to their span; beyond the tolerance that is a
+            # shortfall worth knowing, and a bad clip when audio is required.
+            wanted = int(round(duration * cfg.sample_rate))
+            missing = (wanted - len(audio)) / cfg.sample_rate
+            if missing > cfg.audio_tolerance:
+                if cfg.require_audio:
+                    raise MediaError(source, f"audio too short (it covers {len(audio) / cfg.sample_rate:.2f}s of "
+                                             f"{duration:.2f}s)")
+                extra_meta["audio_missing_seconds"] = round(missing, 3)
+            if len(audio) < wanted:
+                audio = np.pad(audio, (0, wanted - len(audio)))
     if frames is None and audio is None:
         raise MediaError(record.path, "nothing to decode (no video wanted and no audio)")
     meta = dict(record.meta)
-    meta.update(start=record.start, end=record.end)
-    return Clip(id=record.id, frames=frames, audio=audio, captions=list(record.captions), split=record.split,
-                meta=meta)
+    meta.update(start=record.start, end=record.end, **extra_meta)
+    return Clip(id=record.id, frames=frames, audio=audio, captions=captions, split=record.split, meta=meta)
+
+
+def read_caption_file(path: str | os.PathLike) -> list[str]:
+    """The non-empty lines of a UTF-8 caption file; :class:`MediaError` naming the file when it cannot be read."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MediaError(path, f"caption file is not UTF-8 (byte at offset {e.start})") from e
+    except OSError as e:
+        raise MediaError(path, f"caption file unreadable ({e.strerror or type(e).__name__})") from e
+    return [c.strip() for c in text.splitlines() if c.strip()]
 
 
 @dataclass
 class BadFileReport:
-    """Files skipped by a job, with reasons. ``len(report)`` counts them; :meth:`write` saves JSON."""
+    """Files skipped by a job, with reasons. ``len(report)`` counts them; :meth:`write` saves JSON.
+
+    ``notes`` lists files that were kept but are worth a look (e.g. audio shorter than the frames, zero-padded)."""
 
     entries: list[dict[str, str]] = field(default_factory=list)
     total: int = 0
+    notes: list[dict[str, str]] = field(default_factory=list)
 
     def add(self, record_id: str, path: str | os.PathLike | None, reason: str) -> None:
         self.entries.append({"id": str(record_id), "file": str(path), "reason": reason})
 
+    def note(self, record_id: str, path: str | os.PathLike | None, what: str) -> None:
+        self.notes.append({"id": str(record_id), "file": str(path), "note": what})
+
+    def note_clip(self, clip: "Clip", path: str | os.PathLike | None) -> None:
+        """Record what :func:`load_clip` flagged on a kept clip."""
+        missing = clip.meta.get("audio_missing_seconds")
+        if missing:
+            self.note(clip.id, path, f"audio shorter than the frames by {missing:g}s (zero-padded)")
+
     def extend(self, other: "BadFileReport | Iterable[dict[str, str]]") -> None:
-        self.entries.extend(other.entries if isinstance(other, BadFileReport) else other)
+        if isinstance(other, BadFileReport):
+            self.entries.extend(other.entries)
+            self.notes.extend(other.notes)
+        else:
+            self.entries.extend(other)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -282,14 +336,17 @@ class BadFileReport:
 
     def summary(self) -> str:
         if not self.entries:
-            return f"no bad files (of {self.total})" if self.total else "no bad files"
+            noted = f"; {len(self.notes)} kept with notes (see the report)" if self.notes else ""
+            return (f"no bad files (of {self.total})" if self.total else "no bad files") + noted
         kinds = ", ".join(f"{n} {r}" for r, n in self.reasons().most_common())
         of = f" of {self.total}" if self.total else ""
-        return f"skipped {len(self.entries)}{of} files: {kinds}"
+        noted = f"; {len(self.notes)} kept with notes (see the report)" if self.notes else ""
+        return f"skipped {len(self.entries)}{of} files: {kinds}{noted}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"total": self.total, "skipped": len(self.entries), "reasons": dict(self.reasons()),
-                "files": sorted(self.entries, key=lambda e: e["id"])}
+                "files": sorted(self.entries, key=lambda e: e["id"]),
+                "notes": sorted(self.notes, key=lambda e: e["id"])}
 
     def write(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -302,7 +359,8 @@ class BadFileReport:
     @classmethod
     def read(cls, path: str | os.PathLike) -> "BadFileReport":
         data = json.loads(Path(path).read_text())
-        return cls(entries=list(data.get("files", [])), total=int(data.get("total", 0)))
+        return cls(entries=list(data.get("files", [])), total=int(data.get("total", 0)),
+                   notes=list(data.get("notes", [])))
 
 
 def _load_or_error(args: tuple[ClipRecord, ClipConfig]) -> Clip | tuple[str, str, str]:
@@ -345,6 +403,8 @@ def iter_clips(records: Sequence[ClipRecord], cfg: ClipConfig | None = None, *, 
             if report is not None:
                 report.total += 1
             if isinstance(out, Clip):
+                if report is not None:
+                    report.note_clip(out, None)
                 yield out
             elif report is not None:
                 report.add(*out)
@@ -362,7 +422,8 @@ def record_to_json(record: ClipRecord, base: str | os.PathLike | None = None) ->
             return None
         return os.path.relpath(p, base) if base is not None else str(p)
 
-    out = {k: v for k, v in asdict(record).items() if k not in ("video", "audio", "meta")}
-    out.update(video=rel(record.video), audio=rel(record.audio), **record.meta)
+    out = {k: v for k, v in asdict(record).items() if k not in ("video", "audio", "caption_file", "meta")}
+    out.update(video=rel(record.video), audio=rel(record.audio), caption_file=rel(record.caption_file),
+               **record.meta)
     return {k: v for k, v in out.items() if v is not None}
 

@@ -423,6 +423,8 @@ def read_audio(path: str | os.PathLike, *, sample_rate: int, mono: bool = True, 
             wave = np.pad(wave, ((0, 0), (0, wanted - wave.shape[1])))
     if wave.shape[1] == 0:
         raise MediaError(path, f"no audio samples from {start:g}s")
+    if not np.isfinite(wave).all():
+        raise MediaError(path, "audio holds NaN or infinite samples")
     wave = np.clip(wave.astype(np.float32, copy=False), -1.0, 1.0)
     return wave[0] if mono else wave
 
@@ -637,7 +639,8 @@ def list_media(folder: str | os.PathLike, *, recursive: bool = True,
         raise NotADirectoryError(f"not a folder: {folder}")
     exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     pattern = "**/*" if recursive else "*"
+    # A dangling symlink stays in the list: reading it fails, so a job counts it as a bad file instead of losing it.
     found = [p for p in folder.glob(pattern)
-             if p.is_file() and p.suffix.lower() in exts
+             if (p.is_file() or (p.is_symlink() and not p.exists())) and p.suffix.lower() in exts
              and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
     return sorted(found)

@@ -149,6 +149,16 @@ def read_dataset_info(root: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _open_shard(path: str) -> datasets.Dataset:
+    """One memory-mapped shard; a damaged file is an error that names it (Arrow's own says only what broke)."""
+    try:
+        shard = datasets.Dataset.from_file(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for damaged files
+        raise ValueError(f"token shard {path} is damaged ({type(e).__name__}: {e}); re-run the tokenization into "
+                         "a new folder") from e
+    return shard
+
+
 def load_token_dataset(root: str | os.PathLike, *, split: str | None = None, streaming: bool = False
                        ) -> datasets.Dataset | datasets.IterableDataset:
     """Open a tokenized dataset.
@@ -170,7 +180,7 @@ def load_token_dataset(root: str | os.PathLike, *, split: str | None = None, str
     if streaming:
         ds: Any = datasets.load_dataset("arrow", data_files=files, split="train", streaming=True, features=FEATURES)
     else:
-        parts = [datasets.Dataset.from_file(f) for f in files]
+        parts = [_open_shard(f) for f in files]
         ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if split is not None:
         if streaming:

@@ -48,6 +48,8 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from mmtok.interface import require_finite
+from mmtok.pretrained import StrictLoadingMixin
 from mmtok.quantizers import FSQ, LFQ
 from mmtok.video.configuration_video import VideoTokenizerConfig
 
@@ -347,7 +349,7 @@ class VideoTokenizerOutput(ModelOutput):
     metrics: dict | None = None
 
 
-class VideoTokenizer(PreTrainedModel):
+class VideoTokenizer(StrictLoadingMixin, PreTrainedModel):
     """MAGVIT-v2-style causal video tokenizer (LFQ, BSQ or FSQ codes).
 
     Implements :class:`mmtok.interface.ModalityTokenizer`: ``encode`` videos (or images, as 1-frame videos) to
@@ -463,6 +465,7 @@ class VideoTokenizer(PreTrainedModel):
                 raise ValueError(f"float video must be [B, {c}, T, H, W] in [-1, 1], got shape {tuple(video.shape)}"
                                  + (" (channel-last? uint8 frames are [B, T, H, W, 3], floats [B, 3, T, H, W])"
                                     if video.dim() == 5 and video.shape[-1] == c else ""))
+            require_finite(video, "video")
             x = video.float()
         else:
             raise TypeError(f"video must be uint8 [B, T, H, W, {c}] or float [B, {c}, T, H, W], got {video.dtype}")

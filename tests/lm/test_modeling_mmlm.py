@@ -485,3 +485,54 @@ def test_with_the_real_unified_vocabulary():
     with pytest.raises(ValueError) as err:
         config.check_vocabulary(other)
     assert vocab.fingerprint in str(err.value) and other.fingerprint in str(err.value)
+
+
+# --------------------------------------------------------------------------------------- strict, checked loading
+def test_loading_is_strict_and_errors_name_the_file(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from mmtok.pretrained import WeightsMismatchError
+
+    model = make_model()
+    model.save_pretrained(tmp_path / "ok")
+    assert (tmp_path / "ok" / "model.safetensors").stat().st_mode & 0o044 == 0o044 & ~_umask()  # as umask allows
+    loaded = MMLMForCausalLM.from_pretrained(tmp_path / "ok")
+    ids, _, prefix_len = make_batch()
+    torch.testing.assert_close(loaded(ids, prefix_len=prefix_len).logits, model(ids, prefix_len=prefix_len).logits)
+
+    import shutil
+
+    shutil.copytree(tmp_path / "ok", tmp_path / "missing")
+    weights = load_file(tmp_path / "ok" / "model.safetensors")
+    dropped = next(k for k in weights if "layers.0.mlp" in k)
+    save_file({k: v for k, v in weights.items() if k != dropped}, tmp_path / "missing" / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(WeightsMismatchError, match=f"missing: .*{dropped.split('.', 1)[1]}"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "missing")
+    partial = MMLMForCausalLM.from_pretrained(tmp_path / "missing", strict=False)  # on purpose: allowed
+    assert isinstance(partial, MMLMForCausalLM)
+
+    shutil.copytree(tmp_path / "ok", tmp_path / "cut")
+    data = (tmp_path / "ok" / "model.safetensors").read_bytes()
+    (tmp_path / "cut" / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut/model\.safetensors is damaged or truncated"):
+        MMLMForCausalLM.from_pretrained(tmp_path / "cut")
+    (tmp_path / "cut" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"cut/model\.safetensors is empty"):
+        MMLMForCausalLM.from_pretrained(tmp_path / "cut")
+    (tmp_path / "cut" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"cut: model\.safetensors is missing"):
+        MMLMForCausalLM.from_pretrained(tmp_path / "cut")
+    (tmp_path / "ok" / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ok: config\.json is missing"):
+        MMLMForCausalLM.from_pretrained(tmp_path / "ok")
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        MMLMForCausalLM.from_pretrained(tmp_path / "nowhere")
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

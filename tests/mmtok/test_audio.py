@@ -122,6 +122,11 @@ def test_bad_inputs_raise_clear_errors():
         tok.decode(torch.zeros(1, 2, 3))
     with pytest.raises(ValueError, match="patch_size"):
         AudioTokenizerConfig(patch_size=0)
+    wav = torch.zeros(3, 1, 64)
+    wav[1, 0, 5] = float("nan")
+    wav[2, 0, 7] = float("inf")
+    with pytest.raises(ValueError, match=r"NaN or infinite values in batch item\(s\) \[1, 2\]"):
+        tok.encode(wav)
 
 
 # ------------------------------------------------------------------------------------------------- save / load

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from mmtok.interface import ModalityTokenizer
-from mmtok.multimodal import BUNDLE_FILE, MultimodalTokenizer
+from mmtok.multimodal import BUNDLE_FILE, MultimodalTokenizer, register_tokenizer_class
 from mmtok.text import TextTokenizer
 from mmtok.vocab import UnifiedVocabulary, VocabularyMismatchError
 
@@ -30,6 +30,7 @@ class FakeVideoConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
+@register_tokenizer_class
 class FakeVideoTokenizer(PreTrainedModel):
     """Causal-ish 'tokenizer': latent frame 0 = frame 0, then every ``time``-th frame; a code is the mean grey level
     of a ``space x space`` block quantized to ``levels`` steps. Decoding paints the blocks back."""
@@ -72,6 +73,7 @@ class FakeVideoTokenizer(PreTrainedModel):
         return (x * self.gain).unsqueeze(1).expand(-1, 3, -1, -1, -1)
 
 
+@register_tokenizer_class
 class FakeAudioTokenizer:
     """Plain class: ``n_q`` levels, each a coarser quantization of the mean of ``hop`` samples."""
 
@@ -103,6 +105,7 @@ class FakeAudioTokenizer:
         return cls(**json.loads((Path(d) / "fake_audio.json").read_text()))
 
 
+@register_tokenizer_class
 class NoSaveTokenizer(FakeAudioTokenizer):
     save_pretrained = None  # type: ignore[assignment]
 
@@ -233,7 +236,11 @@ def test_bundle_errors(tmp_path, bundle, text_tok):
     manifest = json.loads((tmp_path / "b" / BUNDLE_FILE).read_text())
     manifest["parts"]["audio"]["class"] = "mmtok.nowhere.Tokenizer"
     (tmp_path / "b" / BUNDLE_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(ImportError, match="mmtok.nowhere.Tokenizer"):
+    with pytest.raises(ValueError, match=r"parts\.audio\.class names 'mmtok.nowhere.Tokenizer'"):
+        MultimodalTokenizer.from_pretrained(tmp_path / "b")
+    manifest["parts"]["audio"]["subfolder"] = "../../elsewhere"
+    (tmp_path / "b" / BUNDLE_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"parts\.audio\.subfolder"):
         MultimodalTokenizer.from_pretrained(tmp_path / "b")
     no_save = MultimodalTokenizer(text=text_tok, audio=NoSaveTokenizer())
     with pytest.raises(TypeError, match="NoSaveTokenizer"):
@@ -268,3 +275,59 @@ def test_bundle_with_the_real_debug_tokenizers(tmp_path, text_tok):
     again = loaded.encode_example("avcont", text="a red seven", video=video, audio=audio, text_condition=True)
     assert torch.equal(again.input_ids, ex.input_ids)
     assert torch.allclose(loaded.decode(ex.input_ids).video, out.video, atol=1e-5)
+
+
+def test_a_bundle_never_imports_the_class_it_names(tmp_path, bundle, monkeypatch):
+    """A hostile manifest naming a module that would run code on import is refused and the module never runs."""
+    evil = tmp_path / "evil_tokenizer_module.py"
+    witness = tmp_path / "ran"
+    evil.write_text(f"open({str(witness)!r}, 'w').write('x')\nclass Tokenizer:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bundle.save_pretrained(tmp_path / "b")
+    path = tmp_path / "b" / BUNDLE_FILE
+    for hostile in ("evil_tokenizer_module.Tokenizer", "os.system", "subprocess.Popen"):
+        manifest = json.loads(path.read_text())
+        manifest["parts"]["video"]["class"] = hostile
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match=r"parts\.video\.class") as err:
+            MultimodalTokenizer.from_pretrained(tmp_path / "b")
+        assert hostile in str(err.value) and "register_tokenizer_class" in str(err.value)
+    assert not witness.exists()
+
+
+def test_unregistered_classes_are_refused_at_save(tmp_path, text_tok):
+    class Unregistered(FakeAudioTokenizer):
+        pass
+
+    with pytest.raises(TypeError, match="not registered"):
+        MultimodalTokenizer(text=text_tok, audio=Unregistered()).save_pretrained(tmp_path)
+    assert not (tmp_path / BUNDLE_FILE).exists()
+
+
+def test_mmtok_models_resolve_through_the_registry(tmp_path, text_tok):
+    from mmtok.multimodal import resolve_tokenizer_class
+    from mmtok.video import VideoTokenizer
+
+    assert resolve_tokenizer_class("mmtok.video.modeling_video.VideoTokenizer", tmp_path, "f") is VideoTokenizer
+    assert resolve_tokenizer_class("mmtok.text.TextTokenizer", tmp_path, "f") is TextTokenizer
+
+
+def test_models_registered_with_automodel_resolve_by_their_config(tmp_path):
+    """A model class registered with transformers' AutoModel resolves through its folder's config.json model_type
+    (and only when the manifest names that very class)."""
+    from transformers import AutoConfig, AutoModel
+
+    from mmtok.multimodal import class_name, resolve_tokenizer_class
+
+    class AutoOnlyConfig(PretrainedConfig):
+        model_type = "mmtok_test_auto_only"
+
+    class AutoOnlyTokenizer(PreTrainedModel):
+        config_class = AutoOnlyConfig
+
+    AutoConfig.register(AutoOnlyConfig.model_type, AutoOnlyConfig, exist_ok=True)
+    AutoModel.register(AutoOnlyConfig, AutoOnlyTokenizer, exist_ok=True)
+    AutoOnlyConfig().save_pretrained(tmp_path)
+    assert resolve_tokenizer_class(class_name(AutoOnlyTokenizer), tmp_path, "f") is AutoOnlyTokenizer
+    with pytest.raises(ValueError, match="not a registered tokenizer class"):
+        resolve_tokenizer_class("os.system", tmp_path, "f")

@@ -102,3 +102,19 @@ def test_errors_name_the_problem(tmp_path: Path, tok):
     (tmp_path / "junk.model").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a valid SentencePiece model"):
         TextTokenizer.load(tmp_path / "junk.model")
+
+
+def test_a_retrained_tokenizer_of_the_same_size_is_another_vocabulary(tok):
+    """Same size, other corpus: the same prompt gets other ids, so the vocabulary fingerprint must differ and the
+    vocabulary must refuse the other tokenizer."""
+    from mmtok.vocab import UnifiedVocabulary, VocabularyMismatchError
+
+    other = TextTokenizer.train(corpus(seed=7), vocab_size=120, model_type="bpe")
+    assert other.codebook_size == tok.codebook_size and other.content_digest != tok.content_digest
+    assert other.encode("the red seven drifts up") != tok.encode("the red seven drifts up")
+    mine, theirs = UnifiedVocabulary(text=tok), UnifiedVocabulary(text=other)
+    assert mine.fingerprint != theirs.fingerprint
+    assert UnifiedVocabulary(text=TextTokenizer.train(corpus(), vocab_size=120)).fingerprint == mine.fingerprint
+    with pytest.raises(VocabularyMismatchError, match="not the one the vocabulary was built with"):
+        mine.check_tokenizers(text=other)
+    assert UnifiedVocabulary.from_dict(mine.to_dict()).fingerprint == mine.fingerprint

@@ -65,6 +65,9 @@ def test_float_and_uint8_inputs_agree(debug_model):
     video = random_video(5, 16, 16)
     as_float = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
     assert torch.equal(debug_model.encode(video), debug_model.encode(as_float))
+    as_float[1, 0, 2, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"video holds NaN or infinite values in batch item\(s\) \[1\]"):
+        debug_model.encode(as_float)
 
 
 def test_presets_are_consistent():

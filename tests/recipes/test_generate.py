@@ -6,6 +6,7 @@ Each command writes media that PyAV reads back with the expected frame count / d
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +143,20 @@ def test_clear_errors(export_dir, clip_file, tmp_path, capsys):
     no_model.mkdir()
     assert "config.json" in error_of("t2v", "--model", str(no_model), "--prompt", "x",
                                      "--out", str(tmp_path / "x.mp4"))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    real_access = os.access
+    try:  # root may write anywhere: the check itself is what is tested, through os.access
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+            err = error_of("t2v", "--model", str(export_dir), "--prompt", "x", "--out", str(locked / "x.mp4"), *COMMON)
+        assert "locked" in err and "not writable" in err
+    finally:
+        locked.chmod(0o755)
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage and "error:" line, status 2
+        run("t2v", "--model", str(export_dir), "--prompt", "x", "--out", str(tmp_path / "x.mp4"), "--upscale", "-2")
+    assert exit_info.value.code == 2 and "--upscale: expected an integer >= 1, got -2" in capsys.readouterr().err
 
 
 def test_runs_as_a_script(tmp_path):

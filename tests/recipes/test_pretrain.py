@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmtok.multimodal import register_tokenizer_class
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "pretrain.py"
 CONFIG = ROOT / "recipes" / "configs" / "pretrain_debug.yaml"
@@ -58,6 +60,7 @@ def run_launch(run_dir: Path, accelerate_config: str, num_processes: int, *extra
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
+@register_tokenizer_class
 class CodebookStub:
     """A tokenizer that only declares its code space (what the vocabulary and the bundle need), saveable."""
 
@@ -319,3 +322,96 @@ def test_pretrain_with_video_frame_loss_weights_runs_and_the_loss_falls(tmp_path
     run_plain(run_dir, "data.video_frame_loss_weights=[1.0,3.0]")
     losses = metric(run_dir, "train/loss")
     assert losses[max(losses)] < losses[min(losses)]
+
+
+# --------------------------------------------------------------------------------------- resume: safe and exact
+class _RunsCode:
+    """Unpickling this creates ``witness``: a stand-in for a checkpoint file crafted to run a shell command."""
+
+    def __init__(self, witness: Path):
+        self.witness = str(witness)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.witness}",))
+
+
+def _resume_copy(reference: Path, dest: Path) -> Path:
+    """A copy of the reference run as if it had stopped after its step-8 checkpoint."""
+    import shutil
+
+    shutil.copytree(reference, dest)
+    ckpts = dest / "checkpoints"
+    shutil.rmtree(ckpts / "step_00000012")
+    (ckpts / "latest").write_text("step_00000008")
+    return ckpts / "step_00000008"
+
+
+def _resume(run_dir: Path, *extra: str) -> None:
+    from accelerate.state import AcceleratorState
+
+    from recipes.pretrain import main
+
+    try:
+        main(["--config", str(CONFIG), f"run_dir={run_dir}", *OVERRIDES, "--resume", *extra])
+    finally:
+        AcceleratorState._reset_state(True)
+
+
+def _assert_same_losses(run_dir: Path, reference: Path) -> None:
+    got, ref = metric(run_dir, "train/loss"), metric(reference, "train/loss")
+    assert sorted(got) == sorted(ref)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], abs=1e-6)
+
+
+def test_resume_never_unpickles_code_from_a_checkpoint(reference, tmp_path):
+    import pickle
+
+    from recipes.common import CheckpointError
+
+    assert (reference / "checkpoints" / "step_00000008").is_dir(), "the reference keeps its step-8 checkpoint"
+    assert not list((reference / "checkpoints").glob("*/custom_checkpoint_*.pkl"))  # the scheduler is JSON now
+    witness = tmp_path / "pwned"
+    # A planted custom-object pickle is refused, naming it; without it the run resumes exactly.
+    ckpt = _resume_copy(reference, tmp_path / "planted")
+    (ckpt / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_RunsCode(witness)))
+    with pytest.raises(CheckpointError, match="custom_checkpoint_0.pkl.*never loads"):
+        _resume(tmp_path / "planted")
+    (ckpt / "custom_checkpoint_0.pkl").unlink()
+    _resume(tmp_path / "planted")
+    _assert_same_losses(tmp_path / "planted", reference)
+    # A hostile random-state pickle is refused with an error naming it.
+    ckpt = _resume_copy(reference, tmp_path / "hostile")
+    (ckpt / "random_states_0.pkl").write_bytes(pickle.dumps(_RunsCode(witness)))
+    with pytest.raises(CheckpointError, match="random_states_0.pkl"):
+        _resume(tmp_path / "hostile")
+    assert not witness.exists()
+
+
+def test_resume_restores_every_state_or_names_the_file(reference, tmp_path):
+    from recipes.common import CheckpointError
+
+    ckpt = _resume_copy(reference, tmp_path / "no_rng")
+    (ckpt / "random_states_0.pkl").unlink()
+    with pytest.raises(CheckpointError, match="missing random_states_0.pkl.*--allow-inexact-resume"):
+        _resume(tmp_path / "no_rng")
+    with pytest.warns(UserWarning, match="no longer reproducible"):
+        _resume(tmp_path / "no_rng", "--allow-inexact-resume")
+    assert sorted(metric(tmp_path / "no_rng", "train/loss")) == list(range(1, 13))
+
+    ckpt = _resume_copy(reference, tmp_path / "no_weights")
+    (ckpt / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing model.safetensors"):
+        _resume(tmp_path / "no_weights")
+    ckpt = _resume_copy(reference, tmp_path / "cut_weights")
+    data = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[:100])
+    with pytest.raises(CheckpointError, match="model.safetensors is damaged"):
+        _resume(tmp_path / "cut_weights")
+
+    # Without the `latest` pointer the newest complete checkpoint is used, and the losses are exact.
+    _resume_copy(reference, tmp_path / "no_pointer")
+    (tmp_path / "no_pointer" / "checkpoints" / "latest").unlink()
+    with pytest.warns(UserWarning, match="pointer .* is missing; using the newest complete checkpoint step_00000008"):
+        _resume(tmp_path / "no_pointer")
+    _assert_same_losses(tmp_path / "no_pointer", reference)

@@ -16,6 +16,9 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 FAKES = REPO / "tests" / "mmtok" / "data"
 sys.path.insert(0, str(FAKES))
+# Bundles name their classes and loading resolves names through mmtok's registry only: the spawned workers and the
+# recipe subprocess learn the fakes from this variable (what a user sets for their own tokenizer module).
+os.environ["MMTOK_TOKENIZER_MODULES"] = "datafakes"
 
 from datafakes import make_bundle  # noqa: E402
 
@@ -161,6 +164,67 @@ def test_kill_and_resume_equals_uninterrupted(corpus, reference, tmp_path):
     assert shard_bytes(out) == shard_bytes(reference)
     ds = load_token_dataset(out)
     assert sorted(ds["id"]) == sorted(load_token_dataset(reference)["id"])   # no duplicates, no gaps
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """The multiprocessing workers (spawned children) of process ``parent``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
+def test_a_killed_worker_fails_the_run_instead_of_hanging(corpus, tmp_path):
+    out = tmp_path / "worker_killed"
+    env = {**os.environ, "PYTHONPATH": f"{FAKES}{os.pathsep}{REPO}", "MMTOK_PROGRESS": "0"}
+    cmd = [sys.executable, str(REPO / "recipes" / "tokenize_dataset.py"),
+           f"data={corpus / 'md' / 'manifest.jsonl'}", f"tokenizer={corpus / 'slow_bundle'}", f"out={out}",
+           "shard_size=4", "num_workers=1", "size=32"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None and not workers:
+            workers = _worker_pids(proc.pid)
+            time.sleep(0.1)
+        assert workers, "no worker process appeared"
+        time.sleep(1.0)  # let it load the bundle and start a shard
+        os.kill(workers[0], signal.SIGKILL)
+        output = proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode not in (0, None)
+    assert "a worker process died" in output and "run the same command again" in output
+
+
+def test_short_audio_is_noted_or_a_bad_file_under_require_audio(tmp_path):
+    from mmtok.data.media import write_video
+
+    folder = tmp_path / "media"
+    frames = torch.zeros(17, 32, 32, 3, dtype=torch.uint8)
+    wave = torch.zeros(1600).numpy()  # 0.1 s of a 2.1 s clip
+    write_video(folder / "short.mp4", frames, 8, audio=wave, sample_rate=16000)
+    write_video(folder / "full.mp4", frames, 8, audio=torch.zeros(40000).numpy(), sample_rate=16000)
+    make_bundle(tmp_path / "bundle")
+    out = run(TokenizeConfig(data=str(folder), tokenizer=str(tmp_path / "bundle"), out=str(tmp_path / "a"),
+                             num_workers=0, size=32, shard_size=4))
+    report = json.loads((out / "bad_files.json").read_text())
+    assert report["skipped"] == 0 and [n["id"] for n in report["notes"]] == ["short"]
+    assert "audio shorter than the frames" in report["notes"][0]["note"]
+    out = run(TokenizeConfig(data=str(folder), tokenizer=str(tmp_path / "bundle"), out=str(tmp_path / "b"),
+                             num_workers=0, size=32, shard_size=4, require_audio=True))
+    report = json.loads((out / "bad_files.json").read_text())
+    assert [e["id"] for e in report["files"]] == ["short"] and "audio too short" in report["files"][0]["reason"]
+    assert read_dataset_info(out)["num_rows"] == 1
 
 
 def test_loader_builds_task_sequences_from_the_shards(corpus, reference):

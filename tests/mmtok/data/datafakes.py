@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from mmtok.multimodal import register_tokenizer_class
+
 
 class _Saveable:
     _fields: tuple[str, ...] = ()
@@ -27,6 +29,7 @@ class _Saveable:
         return cls(**json.loads((Path(d) / "fake_config.json").read_text()))
 
 
+@register_tokenizer_class
 class FakeTextTokenizer(_Saveable):
     modality = "text"
     _fields = ("vocab",)
@@ -45,6 +48,7 @@ class FakeTextTokenizer(_Saveable):
         return "".join(chr(int(i)) for i in ids)
 
 
+@register_tokenizer_class
 class FakeVideoTokenizer(_Saveable):
     """uint8 [B, T, H, W, 3] (T = 1 + 4k) -> codes [B, 1 + k, H / 16, W / 16] (mean brightness buckets)."""
 
@@ -78,6 +82,7 @@ class FakeVideoTokenizer(_Saveable):
         return x.unsqueeze(1).expand(-1, 3, -1, -1, -1)
 
 
+@register_tokenizer_class
 class FakeAudioTokenizer(_Saveable):
     """float [B, 1, N] -> codes [B, 2, ceil(N / 320)] (RMS and mean-sign buckets per hop)."""
 

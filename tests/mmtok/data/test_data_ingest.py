@@ -94,7 +94,9 @@ def test_manifest_duplicate_and_missing(tmp_path):
 def test_folder_scan_with_sidecar_captions(media):
     recs = {r.id: r for r in scan_folder(media)}
     assert {"good", "silent", "odd", "vfr", "voice", "bad/empty", "bad/text", "bad/truncated"} <= set(recs)
-    assert recs["good"].captions == ["first caption", "second caption"]
+    assert recs["good"].caption_file == media / "good.txt" and recs["silent"].caption_file is None
+    clip = load_clip(recs["good"], ClipConfig(fps=8, num_frames=9, size=32, sample_rate=None))
+    assert clip.captions == ["first caption", "second caption"]
     assert recs["voice"].video is None and recs["voice"].audio is not None
     assert [r.id for r in load_records(media)] == [r.id for r in scan_folder(media)]
 
@@ -156,3 +158,36 @@ def test_parallel_decoding_matches_serial(media):
     assert [c.id for c in serial] == [c.id for c in parallel]
     for a, b in zip(serial, parallel):
         assert np.array_equal(a.frames, b.frames) if a.frames is not None else b.frames is None
+
+
+def test_bad_caption_files_and_dangling_links_are_bad_files(media, tmp_path):
+    """A non-UTF-8 or unreadable sidecar, or a dangling symlink, makes its record a counted bad file; the scan and
+    the other records go on."""
+    import os
+    import shutil
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(media / "good.mp4", folder / f"{name}.mp4")
+    (folder / "a.txt").write_text("a fine caption\n")
+    (folder / "b.txt").write_bytes(b"caf\xe9 au lait\n")          # Latin-1, not UTF-8
+    (folder / "c.txt").mkdir()                                     # exists but cannot be read as a file
+    os.symlink(folder / "gone.mp4", folder / "d.mp4")              # dangling
+    recs = scan_folder(folder)
+    assert [r.id for r in recs] == ["a", "b", "c", "d"]
+    report = BadFileReport()
+    clips = list(iter_clips(recs, ClipConfig(fps=8, num_frames=9, size=32, sample_rate=None), report=report))
+    assert [c.id for c in clips] == ["a"] and clips[0].captions == ["a fine caption"]
+    bad = {e["id"]: e for e in report.entries}
+    assert set(bad) == {"b", "c", "d"} and report.total == 4
+    assert "not UTF-8" in bad["b"]["reason"] and bad["b"]["file"].endswith("b.txt")
+    assert "unreadable" in bad["c"]["reason"] and bad["c"]["file"].endswith("c.txt")
+    assert bad["d"]["file"].endswith("d.mp4")
+
+
+def test_manifest_with_a_non_utf8_byte_names_file_and_line(tmp_path):
+    m = tmp_path / "m.jsonl"
+    m.write_bytes(json.dumps({"id": "a", "video": "a.mp4"}).encode() + b"\n" + b'{"id": "b\xff", "video": "b.mp4"}\n')
+    with pytest.raises(ManifestError, match=r"m\.jsonl:2: not UTF-8 \(byte 0xff at column 10\)"):
+        read_manifest(m)

@@ -200,3 +200,15 @@ def test_streaming_resume_within_an_epoch(tokens):
     for start in (1, 4, 5):
         resumed = list(loader(tokens, streaming=True, group_window=2).epoch_batches(1, start_step=start))
         assert len(resumed) == len(full) - start and all(same(a, b) for a, b in zip(resumed, full[start:]))
+
+
+def test_a_damaged_shard_is_an_error_naming_the_file(tokens, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tokens, copy)
+    shard = next((copy / "shards").glob("*.arrow"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match=f"token shard .*{shard.name} is damaged"):
+        load_token_dataset(copy)

@@ -228,3 +228,18 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
     assert read_video(path).shape == (3, 16, 16, 3)
+
+
+def test_audio_with_nan_samples_is_a_media_error(tmp_path):
+    """A float WAV holding NaN: an error naming the file, never a waveform."""
+    import struct
+
+    samples = np.zeros(1600, np.float32)
+    samples[100] = np.nan
+    data = samples.tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, 16000, 16000 * 4, 4, 32)  # IEEE float, mono, 16 kHz
+    wav = (b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt))
+           + fmt + b"data" + struct.pack("<I", len(data)) + data)
+    (tmp_path / "nan.wav").write_bytes(wav)
+    with pytest.raises(MediaError, match=r"nan\.wav: audio holds NaN or infinite samples"):
+        read_audio(tmp_path / "nan.wav", sample_rate=16000)
