@@ -181,6 +181,11 @@ class VideoPositionEmbedding(nn.Module):
 class MMLMPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     """Weight init, attention-backend flags and output capture shared by the mmlm models."""
 
+    @classmethod
+    def _new_weight_prefixes(cls, kwargs: dict[str, Any]) -> tuple[str, ...]:
+        # from_pretrained(..., alignment=...) adds the alignment head to an LM saved without one
+        return ("alignment.",) if kwargs.get("alignment") is not None else ()
+
     config: MMLMConfig
     config_class = MMLMConfig
     base_model_prefix = "model"

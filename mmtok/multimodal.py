@@ -89,7 +89,10 @@ def _known_classes() -> dict[str, type]:
             register_tokenizer_class(cls)
     for module in filter(None, (m.strip() for m in os.environ.get(TOKENIZER_MODULES_ENV, "").split(","))):
         if module not in sys.modules:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise ImportError(f"${TOKENIZER_MODULES_ENV} lists {module!r}, which cannot be imported: {e}") from e
     return _TOKENIZER_CLASSES
 
 

@@ -105,9 +105,11 @@ class StrictLoadingMixin:
         if isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
             check_model_folder(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
+        new_parts = tuple(cls._new_weight_prefixes(kwargs))
         model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,  # type: ignore[misc]
                                               output_loading_info=True, **kwargs)
-        problems = {kind: sorted(str(k) for k in info.get(key) or ())
+        problems = {kind: sorted(str(k) for k in info.get(key) or () if not (kind == "missing" and new_parts
+                                                                             and str(k).startswith(new_parts)))
                     for kind, key in (("missing", "missing_keys"), ("unexpected", "unexpected_keys"),
                                       ("of another shape", "mismatched_keys"))}
         if strict and any(problems.values()):
@@ -117,6 +119,12 @@ class StrictLoadingMixin:
             raise WeightsMismatchError(f"{pretrained_model_name_or_path}: the weights do not match {cls.__name__} "
                                        f"({listed}); pass strict=False to load it anyway")
         return (model, info) if want_info else model
+
+    @classmethod
+    def _new_weight_prefixes(cls, kwargs: dict[str, Any]) -> tuple[str, ...]:
+        """Parameter-name prefixes of parts that ``from_pretrained(**kwargs)`` adds to the saved model (and so
+        starts fresh); a model class with such options overrides this."""
+        return ()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
         out = super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]

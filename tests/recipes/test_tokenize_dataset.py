@@ -16,9 +16,6 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 FAKES = REPO / "tests" / "mmtok" / "data"
 sys.path.insert(0, str(FAKES))
-# Bundles name their classes and loading resolves names through mmtok's registry only: the spawned workers and the
-# recipe subprocess learn the fakes from this variable (what a user sets for their own tokenizer module).
-os.environ["MMTOK_TOKENIZER_MODULES"] = "datafakes"
 
 from datafakes import make_bundle  # noqa: E402
 
@@ -28,6 +25,15 @@ from mmtok.data.shards import load_token_dataset, read_dataset_info, row_codes  
 from recipes.tokenize_dataset import TokenizeConfig, main, run  # noqa: E402
 
 BAD = {"bad_empty", "bad_text", "bad_truncated", "missing"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fake_tokenizers_known_to_workers():
+    """Bundles name their classes and loading resolves names through mmtok's registry only: the spawned workers and
+    the recipe subprocesses learn the fakes from this variable (what a user sets for their own tokenizer module)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MMTOK_TOKENIZER_MODULES", "datafakes")
+        yield
 
 
 @pytest.fixture(scope="module")
