@@ -193,7 +193,8 @@ def check_checkpoint_files(accelerator: Any, ckpt: Path, allow_inexact: bool = F
     would make a resumed run silently differ; with ``allow_inexact`` that case is a warning instead."""
     from accelerate.utils import DistributedType
     from accelerate.utils import load as safe_torch_load  # torch.load(weights_only=True) with numpy arrays allowed
-    from safetensors import safe_open
+
+    from mmtok.pretrained import check_safetensors_file
 
     needed = []
     if accelerator.distributed_type != DistributedType.DEEPSPEED:  # DeepSpeed checks its own shard files
@@ -209,10 +210,9 @@ def check_checkpoint_files(accelerator: Any, ckpt: Path, allow_inexact: bool = F
                                   "the run again")
         if path.suffix == ".safetensors":
             try:
-                with safe_open(str(path), framework="pt") as f:
-                    f.keys()
-            except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
-                raise CheckpointError(f"{path} is damaged: {e}") from e
+                check_safetensors_file(path)
+            except ValueError as e:
+                raise CheckpointError(str(e)) from e
     planted = sorted(p.name for p in ckpt.glob("custom_checkpoint_*.pkl"))
     if planted:  # accelerate would unpickle these with weights_only=False
         raise CheckpointError(f"checkpoint {ckpt} holds pickled custom state ({', '.join(planted)}), which mmtok "

@@ -145,14 +145,19 @@ def test_cli_with_yaml_and_overrides(corpus, tmp_path):
     assert info["num_rows"] == sum(g["split"] == "validation" for g in gt.values())
 
 
-def test_kill_and_resume_equals_uninterrupted(corpus, reference, tmp_path):
-    """Kill a run (SIGKILL to its process group) after its first shard, resume it, compare with the reference."""
-    out = tmp_path / "killed"
+def start_slow_run(corpus, out) -> subprocess.Popen:
+    """``recipes/tokenize_dataset.py`` as a script, one worker, the slow bundle, in a process group of its own."""
     env = {**os.environ, "PYTHONPATH": f"{FAKES}{os.pathsep}{REPO}", "MMTOK_PROGRESS": "0"}
     cmd = [sys.executable, str(REPO / "recipes" / "tokenize_dataset.py"),
            f"data={corpus / 'md' / 'manifest.jsonl'}", f"tokenizer={corpus / 'slow_bundle'}", f"out={out}",
            "shard_size=4", "num_workers=1", "size=32"]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_kill_and_resume_equals_uninterrupted(corpus, reference, tmp_path):
+    """Kill a run (SIGKILL to its process group) after its first shard, resume it, compare with the reference."""
+    out = tmp_path / "killed"
+    proc = start_slow_run(corpus, out)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -189,11 +194,7 @@ def _worker_pids(parent: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
 def test_a_killed_worker_fails_the_run_instead_of_hanging(corpus, tmp_path):
     out = tmp_path / "worker_killed"
-    env = {**os.environ, "PYTHONPATH": f"{FAKES}{os.pathsep}{REPO}", "MMTOK_PROGRESS": "0"}
-    cmd = [sys.executable, str(REPO / "recipes" / "tokenize_dataset.py"),
-           f"data={corpus / 'md' / 'manifest.jsonl'}", f"tokenizer={corpus / 'slow_bundle'}", f"out={out}",
-           "shard_size=4", "num_workers=1", "size=32"]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = start_slow_run(corpus, out)
     try:
         deadline = time.monotonic() + 120
         workers: list[int] = []
