@@ -52,6 +52,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogits
     TopPLogitsWarper
 from transformers.cache_utils import DynamicCache
 
+from mmtok.io import progress_enabled
 from mmtok.sequence import TASKS, ParsedSequence, output_constraints
 
 __all__ = [
@@ -183,10 +184,6 @@ class RangeConstraintLogitsProcessor(LogitsProcessor):
         return out
 
 
-def _progress_default() -> bool:
-    return os.environ.get("MMTOK_PROGRESS", "1") not in ("0", "", "false")
-
-
 @torch.no_grad()
 def sample_tokens(model: Any, prompts: Sequence[torch.Tensor], constraints: torch.Tensor, *,
                   uncond_prompts: Sequence[torch.Tensor] | None = None, sampling: SamplingConfig | None = None,
@@ -201,7 +198,7 @@ def sample_tokens(model: Any, prompts: Sequence[torch.Tensor], constraints: torc
         uncond_prompts: the ``B`` unconditional prompts; required when ``sampling.cfg_scale`` is set.
         sampling: :class:`SamplingConfig` (``num_samples`` rows are drawn per prompt, prompt-major).
         pad_id: id used for left padding (masked out of attention).
-        progress: show a tqdm bar (default: on unless ``MMTOK_PROGRESS=0``).
+        progress: show a tqdm bar (default: :func:`mmtok.io.progress_enabled`).
 
     Returns:
         LongTensor ``[B * num_samples, n]`` of generated global ids; rows ``b * num_samples + j`` are the samples
@@ -244,7 +241,7 @@ def sample_tokens(model: Any, prompts: Sequence[torch.Tensor], constraints: torc
     cache = DynamicCache(config=model.config) if cfg.use_cache else None
     out = torch.empty((b, 0), dtype=torch.long, device=device)  # [B, t]
     step_input = ids
-    show = _progress_default() if progress is None else progress
+    show = progress_enabled() if progress is None else progress
     for step in tqdm(range(n), desc=description, unit="tok", disable=not show, leave=False):
         attn = mask if padded else None
         if cfg.use_cache:

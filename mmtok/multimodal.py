@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import torch
 
 from mmtok.interface import code_spec
+from mmtok.io import atomic_write
 from mmtok.sequence import AUDIO_PATTERNS, ParsedSequence, TaskExample, build_example, build_prompt, parse_sequence
 from mmtok.vocab import UnifiedVocabulary, VocabularyMismatchError
 
@@ -317,9 +318,7 @@ class MultimodalTokenizer:
             "sequence": {"audio_pattern": self.audio_pattern, "num_audio_levels": self.num_audio_levels,
                          "latent_hw": list(self.latent_hw) if self.latent_hw is not None else None},
         }
-        tmp = d / (BUNDLE_FILE + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, d / BUNDLE_FILE)
+        atomic_write(d / BUNDLE_FILE, json.dumps(manifest, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **part_kwargs: Any) -> "MultimodalTokenizer":

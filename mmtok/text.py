@@ -29,6 +29,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import sentencepiece as spm
 import torch
 
+from mmtok.io import atomic_write
+
 __all__ = ["TextTokenizer"]
 
 MODEL_FILE = "text.model"
@@ -175,7 +177,7 @@ class TextTokenizer:
     # ------------------------------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:
         """Write the SentencePiece ``.model`` file (usable by any SentencePiece runtime), atomically."""
-        _atomic_write_bytes(Path(path), self._proto)
+        atomic_write(path, self._proto)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TextTokenizer":
@@ -191,7 +193,7 @@ class TextTokenizer:
         d.mkdir(parents=True, exist_ok=True)
         self.save(d / MODEL_FILE)
         config = {"tokenizer_class": "TextTokenizer", "model_file": MODEL_FILE, "vocab_size": self.codebook_size}
-        _atomic_write_bytes(d / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+        atomic_write(d / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "TextTokenizer":
@@ -249,8 +251,3 @@ def _read_lines(path: Path) -> Iterator[str]:
     except UnicodeDecodeError as e:
         raise ValueError(f"training text file {path} is not UTF-8: {e}") from e
 
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from mmtok.interface import CodeSpec, code_spec
+from mmtok.io import atomic_write
 
 __all__ = [
     "BASE_SPECIAL_TOKENS",
@@ -437,10 +438,7 @@ class UnifiedVocabulary:
         """The JSON text of :meth:`to_dict`; also written (atomically) to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
         if path is not None:
-            path = Path(path)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            atomic_write(path, text)
         return text
 
     @classmethod

@@ -7,14 +7,14 @@ Config: a recipe declares a dataclass of defaults; :func:`load_config` merges, i
 (``--config``) and dotted ``key=value`` overrides from the command line (OmegaConf), and :func:`dump_config` writes
 the resolved result into the run folder.
 
-Checkpoints: :func:`save_checkpoint` writes ``<run>/checkpoints/step_XXXXXXXX`` through a temporary folder and an
-``os.replace``, then points ``<run>/checkpoints/latest`` at it with another atomic rename, so a job killed at any
-instant leaves either the previous checkpoint or the new one, never half of one. Nothing in a checkpoint is
-unpickled: weights are safetensors, the optimizer and random states go through ``torch.load(weights_only=True)``
-(accelerate's loader), loop state (the LR scheduler's included) is JSON, and custom pickled objects
-(``accelerator.register_for_checkpointing``) are refused. :func:`load_checkpoint` restores every state it saved or
-raises :class:`CheckpointError` naming the file (``--allow-inexact-resume`` turns missing random states into a
-warning).
+Checkpoints: :func:`save_checkpoint` writes ``<run>/checkpoints/step_XXXXXXXX`` through a temporary folder and a
+rename (:func:`mmtok.io.replace_path`), then points ``<run>/checkpoints/latest`` at it with an atomic write, so a job
+killed at any instant leaves either the previous checkpoint or the new one, never half of one. Nothing in a
+checkpoint is unpickled: weights are safetensors, the optimizer and random states go through
+``torch.load(weights_only=True)`` (accelerate's loader), loop state (the LR scheduler's included) is JSON, and custom
+pickled objects (``accelerator.register_for_checkpointing``) are refused. :func:`load_checkpoint` restores every state
+it saved or raises :class:`CheckpointError` naming the file (``--allow-inexact-resume`` turns missing random states
+into a warning).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from typing import Any, Sequence, TypeVar
 
 import torch
 from omegaconf import OmegaConf
+
+from mmtok.io import atomic_write, replace_path
 
 T = TypeVar("T")
 
@@ -81,21 +83,8 @@ def load_config(defaults: type[T] | T, config_path: str | os.PathLike | None = N
 def dump_config(cfg: Any, run_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
     """Write the resolved config into the run folder (atomically) and return its path."""
     path = Path(run_dir) / name
-    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    atomic_write(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     return path
-
-
-# ---------------------------------------------------------------------------------------------------------- files
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file so that readers see the old content or the new, never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -162,7 +151,7 @@ def save_checkpoint(accelerator: Any, run_dir: str | os.PathLike, step: int, tra
     root = checkpoint_root(run_dir)
     name = f"step_{step:08d}"
     final = root / name
-    tmp = root / f".{name}.tmp"
+    tmp = root / f".{name}.tmp"  # one name for every rank: each writes its own files into it
     if accelerator.is_main_process:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -175,11 +164,9 @@ def save_checkpoint(accelerator: Any, run_dir: str | os.PathLike, step: int, tra
     if accelerator.is_main_process:
         for key, obj in (extra or {}).items():
             torch.save(obj.state_dict(), tmp / f"{key}.pt")
-        atomic_write_text(tmp / "trainer_state.json", json.dumps({**trainer_state, "step": step}, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write_text(root / LATEST, name)
+        atomic_write(tmp / "trainer_state.json", json.dumps({**trainer_state, "step": step}, indent=1))
+        replace_path(tmp, final)
+        atomic_write(root / LATEST, name)
         complete = sorted(p for p in root.glob("step_*") if (p / "trainer_state.json").is_file())
         for old in complete[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -286,7 +273,7 @@ class RunLogger:
         if resume_step is not None and self.path.exists():
             rows = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", -1) <= resume_step]
-            atomic_write_text(self.path, "".join(r + "\n" for r in rows))
+            atomic_write(self.path, "".join(r + "\n" for r in rows))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -368,8 +355,3 @@ def cpu_accelerator_kwargs() -> dict[str, Any]:
     if not launched:
         return {}
     return {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo")]}
-
-
-def progress_enabled() -> bool:
-    """Progress bars are on unless ``MMTOK_PROGRESS=0`` (tests set it to keep their logs short)."""
-    return os.environ.get("MMTOK_PROGRESS", "1") not in ("0", "", "false")

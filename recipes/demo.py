@@ -48,7 +48,8 @@ REPO = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # `python recipes/demo.py`: make the checkout importable
     sys.path.insert(0, str(REPO))
 
-from recipes.common import atomic_write_text, build_arg_parser, load_config  # noqa: E402
+from mmtok.io import atomic_output, atomic_write  # noqa: E402
+from recipes.common import build_arg_parser, load_config  # noqa: E402
 
 STAGES = ("corpus", "text_tokenizer", "video_tokenizer", "audio_tokenizer", "bundle", "tokenize", "pretrain",
           "generate", "evaluate", "page")
@@ -263,11 +264,8 @@ class Demo:
         print(f"text_tokenizer: SentencePiece {self.cfg.text.model_type}, vocab {self.cfg.text.vocab_size}, on "
               f"{len(captions)} train captions", flush=True)
         tok = TextTokenizer.train(captions, vocab_size=self.cfg.text.vocab_size, model_type=self.cfg.text.model_type)
-        tmp = self.paths.text.with_name(self.paths.text.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tok.save_pretrained(tmp)
-        shutil.rmtree(self.paths.text, ignore_errors=True)
-        os.replace(tmp, self.paths.text)
+        with atomic_output(self.paths.text) as tmp:
+            tok.save_pretrained(tmp)
 
     def video_tokenizer(self) -> None:
         s, p = self.cfg.video_tokenizer, self.paths
@@ -297,11 +295,8 @@ class Demo:
         bundle = MultimodalTokenizer(text=text, video=video, audio=audio,
                                      num_audio_levels=self.cfg.bundle.num_audio_levels,
                                      audio_pattern=self.cfg.bundle.audio_pattern, latent_hw=(side, side))
-        tmp = p.bundle.with_name(p.bundle.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        bundle.save_pretrained(tmp)
-        shutil.rmtree(p.bundle, ignore_errors=True)
-        os.replace(tmp, p.bundle)
+        with atomic_output(p.bundle) as tmp:
+            bundle.save_pretrained(tmp)
         print(f"bundle: {bundle!r}", flush=True)
 
     def tokenize(self) -> None:
@@ -328,7 +323,7 @@ class Demo:
                    "--clip-frames", self.cfg.corpus.num_frames, *self.cfg.generate.args]
             run_command(cmd, self.log("generate"))
             entries.append({"prompt": prompt, "gif": out.name})
-        atomic_write_text(p.generated / "prompts.json", json.dumps(entries, indent=1))
+        atomic_write(p.generated / "prompts.json", json.dumps(entries, indent=1))
 
     def evaluate(self, force: bool = False) -> None:
         s, p = self.cfg.evaluate, self.paths
@@ -387,11 +382,11 @@ class Demo:
             seconds = round(time.time() - t, 1)
             record[stage] = {"seconds": seconds, "skipped": False,
                              "budget_minutes": self.cfg.budget_minutes.get(stage)}
-            atomic_write_text(record_path, json.dumps(record, indent=1))
-            atomic_write_text(self.marker(stage), json.dumps({"stage": stage, "seconds": seconds,
+            atomic_write(record_path, json.dumps(record, indent=1))
+            atomic_write(self.marker(stage), json.dumps({"stage": stage, "seconds": seconds,
                                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))
             print(f"==> {stage}: {seconds} s", flush=True)
-        atomic_write_text(record_path, json.dumps(record, indent=1))
+        atomic_write(record_path, json.dumps(record, indent=1))
         print(f"demo: {round(time.time() - total, 1)} s; page: {self.paths.page}", flush=True)
         return record
 

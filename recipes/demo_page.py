@@ -26,7 +26,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lm.evaluation import format_interval, format_value  # noqa: E402
-from recipes.common import atomic_write_text, read_metrics  # noqa: E402
+from mmtok.io import atomic_output, atomic_write  # noqa: E402
+from recipes.common import read_metrics  # noqa: E402
 
 RUNS = (("video_tokenizer", "Video tokenizer"), ("audio_tokenizer", "Audio tokenizer"), ("lm", "Token LM"))
 _CURVE_HINTS = ("loss", "psnr", "si_snr", "nll", "perplexity", "utilization")
@@ -115,11 +116,9 @@ def plot_run(run_dir: Path, out_png: Path, title: str) -> Path | None:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    tmp.replace(out_png)
     return out_png
 
 
@@ -312,7 +311,7 @@ def write_page(out_dir: str | Path, *, title: str = "mmtok demo", wall_minutes: 
             f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(sections)
             + f"\n<script>{SCRIPT}</script>\n</body></html>\n")
     path = out / "index.html"
-    atomic_write_text(path, page)
+    atomic_write(path, page)
     return path
 
 

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # `python recipes/eval_audio_tokenizer.py` from t
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmtok.audio_features import MultiResolutionSTFTLoss, MultiScaleMelLoss, si_snr  # noqa: E402
-from recipes.common import atomic_write_text, progress_enabled  # noqa: E402
+from mmtok.io import atomic_write, progress_enabled  # noqa: E402
 
 
 @torch.no_grad()
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if data.skipped:
         print(f"skipped {len(data.skipped)} bad files: {data.report()}")
     if args.out:
-        atomic_write_text(args.out, json.dumps(result, indent=1, default=str))
+        atomic_write(args.out, json.dumps(result, indent=1, default=str))
     return result
 
 

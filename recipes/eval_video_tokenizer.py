@@ -34,7 +34,8 @@ from tqdm import tqdm  # noqa: E402
 
 from mmtok.data.media import MediaError  # noqa: E402
 from mmtok.video import VideoTokenizer, to_uint8  # noqa: E402
-from recipes.common import atomic_write_text, build_arg_parser, load_config, progress_enabled  # noqa: E402
+from mmtok.io import atomic_write, progress_enabled  # noqa: E402
+from recipes.common import build_arg_parser, load_config  # noqa: E402
 from recipes.train_video_tokenizer import RandomClips, find_records, write_gif  # noqa: E402
 from recipes.train_video_tokenizer import DataConfig as _TrainData  # noqa: E402
 
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_gif(out / "side_by_side.gif", clips[:k], recon[:k], cfg.data.fps)
     grid = torch.cat([torch.cat(list(clips[:k]), dim=2), torch.cat(list(recon[:k]), dim=2)], dim=1).numpy()
     write_mp4(out / "side_by_side.mp4", grid, cfg.data.fps)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     print(" | ".join(f"{key} {metrics[key]:.4g}" for key in
                      ("psnr", "ssim", "codebook_utilization", "bits_per_pixel", "compression_ratio",
                       "encode_frames_per_s", "decode_frames_per_s")))

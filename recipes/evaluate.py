@@ -60,7 +60,8 @@ from lm.evaluation import (  # noqa: E402
     score_t2v, score_v2a, tokenizer_reconstruction,
 )
 from mmtok.data.moving_digits import held_out_caption  # noqa: E402
-from recipes.common import atomic_write_text, build_arg_parser, load_config, progress_enabled  # noqa: E402
+from mmtok.io import atomic_write, progress_enabled  # noqa: E402
+from recipes.common import build_arg_parser, load_config  # noqa: E402
 
 DONE_FILE = "metrics.json"
 
@@ -297,9 +298,9 @@ def run(cfg: EvalConfig, force: bool = False) -> dict[str, Any]:
            "stage_seconds": {k: round(v, 1) for k, v in timings.items()}, "model": str(model_dir),
            "corpus": str(cfg.corpus)}
     table = metrics_table(metrics)
-    atomic_write_text(out / "samples.json", json.dumps(samples, indent=1, default=_json_default))
-    atomic_write_text(out / "metrics.md", table)
-    atomic_write_text(done, json.dumps(doc, indent=1, default=_json_default))  # last: marks the evaluation done
+    atomic_write(out / "samples.json", json.dumps(samples, indent=1, default=_json_default))
+    atomic_write(out / "metrics.md", table)
+    atomic_write(done, json.dumps(doc, indent=1, default=_json_default))  # last: marks the evaluation done
     print(table, flush=True)
     print(f"evaluate: wrote {done} in {doc['seconds']} s", flush=True)
     return doc

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,16 +43,15 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from lm import MMLMConfig, MMLMForCausalLM  # noqa: E402
 from lm.modeling_mmlm import video_positions  # noqa: E402
+from mmtok.io import atomic_output, atomic_write, progress_enabled  # noqa: E402
 from recipes.common import (  # noqa: E402
     RunLogger,
-    atomic_write_text,
     build_arg_parser,
     cpu_accelerator_kwargs,
     dump_config,
     latest_checkpoint,
     load_checkpoint,
     load_config,
-    progress_enabled,
     save_checkpoint,
 )
 
@@ -435,35 +433,30 @@ def export(accelerator: Accelerator, model, cfg: PretrainConfig, vocab: Any, bun
     export_dir = Path(cfg.export_dir or Path(cfg.run_dir) / "export")
     state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards; every rank must call it
     if accelerator.is_main_process:
-        tmp = export_dir.with_name(f".{export_dir.name}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        model_files = {p.name for p in tmp.iterdir()}
-        if bundle is not None:
-            bundle.save_pretrained(tmp)
-            tokenizer_lines = (f"tokenizer = MultimodalTokenizer.from_pretrained(\"{export_dir.name}\")"
-                               "   # checks the vocabulary layout\nmodel.check_vocabulary(tokenizer)")
-        else:
-            vocab.to_json(tmp / "vocab.json")
-            tokenizer_lines = (f"vocab = UnifiedVocabulary.from_json(\"{export_dir.name}/vocab.json\")   # synthetic "
-                               "run: no tokenizers\nmodel.check_vocabulary(vocab)")
-        c = unwrapped.config
-        card = MODEL_CARD.format(
-            preset=cfg.model.preset, steps=cfg.train.steps, tasks=", ".join(cfg.data.tasks),
-            params=sum(p.numel() for p in unwrapped.parameters()), hidden=c.hidden_size,
-            layers=c.num_hidden_layers, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
-            vocab_size=c.vocab_size, fingerprint=c.vocab_fingerprint,
-            ranges=", ".join(f"{k} [{a}, {b})" for k, (a, b) in (c.modality_ranges or {}).items()),
-            final_eval=", ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in final_eval.items()) or "n/a",
-            export_name=export_dir.name, tokenizer_lines=tokenizer_lines)
-        atomic_write_text(tmp / "README.md", card)
-        if not model_files <= {p.name for p in tmp.iterdir()}:
-            raise RuntimeError(f"the tokenizer bundle removed model files from {tmp}")
-        if export_dir.exists():
-            shutil.rmtree(export_dir)
-        os.replace(tmp, export_dir)
+        with atomic_output(export_dir) as tmp:
+            unwrapped = accelerator.unwrap_model(model)
+            unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            model_files = {p.name for p in tmp.iterdir()}
+            if bundle is not None:
+                bundle.save_pretrained(tmp)
+                tokenizer_lines = (f"tokenizer = MultimodalTokenizer.from_pretrained(\"{export_dir.name}\")"
+                                   "   # checks the vocabulary layout\nmodel.check_vocabulary(tokenizer)")
+            else:
+                vocab.to_json(tmp / "vocab.json")
+                tokenizer_lines = (f"vocab = UnifiedVocabulary.from_json(\"{export_dir.name}/vocab.json\")"
+                                   "   # synthetic run: no tokenizers\nmodel.check_vocabulary(vocab)")
+            c = unwrapped.config
+            card = MODEL_CARD.format(
+                preset=cfg.model.preset, steps=cfg.train.steps, tasks=", ".join(cfg.data.tasks),
+                params=sum(p.numel() for p in unwrapped.parameters()), hidden=c.hidden_size,
+                layers=c.num_hidden_layers, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
+                vocab_size=c.vocab_size, fingerprint=c.vocab_fingerprint,
+                ranges=", ".join(f"{k} [{a}, {b})" for k, (a, b) in (c.modality_ranges or {}).items()),
+                final_eval=", ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in final_eval.items()) or "n/a",
+                export_name=export_dir.name, tokenizer_lines=tokenizer_lines)
+            atomic_write(tmp / "README.md", card)
+            if not model_files <= {p.name for p in tmp.iterdir()}:
+                raise RuntimeError(f"the tokenizer bundle removed model files from {tmp}")
     accelerator.wait_for_everyone()
     return export_dir
 

@@ -53,7 +53,8 @@ from mmtok.data.shards import (  # noqa: E402
     shard_name,
     write_shard,
 )
-from recipes.common import atomic_write_text, build_arg_parser, dump_config, load_config, progress_enabled  # noqa: E402
+from mmtok.io import atomic_write, progress_enabled  # noqa: E402
+from recipes.common import build_arg_parser, dump_config, load_config  # noqa: E402
 
 FORMAT_VERSION = 1
 
@@ -297,7 +298,7 @@ def run(cfg: TokenizeConfig) -> Path:
     if plan_path.is_file():
         _check_same_plan(json.loads(plan_path.read_text()), plan, out)
     else:
-        atomic_write_text(plan_path, json.dumps(plan, indent=1, sort_keys=True) + "\n")
+        atomic_write(plan_path, json.dumps(plan, indent=1, sort_keys=True) + "\n")
     dump_config(cfg, out, "tokenize_config.yaml")
     shard_dir = out / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -396,7 +397,7 @@ def run(cfg: TokenizeConfig) -> Path:
         "audio_pattern": bundle.audio_pattern, "num_audio_levels": bundle.num_audio_levels,
         "latent_hw": latent_hw,
     }
-    atomic_write_text(out / DATASET_FILE, json.dumps(info, indent=1, sort_keys=True) + "\n")
+    atomic_write(out / DATASET_FILE, json.dumps(info, indent=1, sort_keys=True) + "\n")
     rate = f", {todo / elapsed:.1f} clips/s" if todo and elapsed > 0 else ""
     print(f"tokenize: {num_rows} rows in {len(shards)} shards; {report.summary()}{rate}", flush=True)
     return out

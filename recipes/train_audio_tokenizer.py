@@ -32,9 +32,10 @@ import torch
 if __package__ in (None, ""):  # `python recipes/train_audio_tokenizer.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mmtok.io import atomic_write, progress_enabled  # noqa: E402
 from recipes.common import (  # noqa: E402
-    ModelEMA, RunLogger, atomic_write_text, build_arg_parser, cpu_accelerator_kwargs, dump_config, load_checkpoint,
-    load_config, progress_enabled, save_checkpoint,
+    ModelEMA, RunLogger, build_arg_parser, cpu_accelerator_kwargs, dump_config, load_checkpoint, load_config,
+    save_checkpoint,
 )
 
 
@@ -366,10 +367,10 @@ def train(cfg: AudioTokenizerTrainConfig, resume: bool = False, allow_inexact_re
         if val_clips:
             result = {**evaluate_now(final), "steps": step}
             final.eval()
-            atomic_write_text(export / "eval.json", json.dumps(result, indent=1))
+            atomic_write(export / "eval.json", json.dumps(result, indent=1))
             accelerator.print(format_table(result))
         if train_data.skipped:
-            atomic_write_text(run / "bad_files.json", json.dumps(train_data.skipped, indent=1))
+            atomic_write(run / "bad_files.json", json.dumps(train_data.skipped, indent=1))
             accelerator.print(f"skipped {len(train_data.skipped)} bad files: {train_data.report()}")
         result["skipped"] = len(train_data.skipped)
         result["export_dir"] = str(export)

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from mmtok.data.media import VIDEO_EXTENSIONS, MediaError, list_media, read_audio, read_video
+from mmtok.io import atomic_write, progress_enabled
 
 __all__ = [
     "BadFileReport",
@@ -349,12 +350,7 @@ class BadFileReport:
                 "notes": sorted(self.notes, key=lambda e: e["id"])}
 
     def write(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "BadFileReport":
@@ -380,12 +376,12 @@ def iter_clips(records: Sequence[ClipRecord], cfg: ClipConfig | None = None, *, 
         cfg: decoding settings.
         num_workers: decoding processes (0: in this process).
         report: filled with one entry per skipped record (``report.total`` counts every record seen).
-        progress: tqdm bar (default: on unless ``MMTOK_PROGRESS=0``).
+        progress: tqdm bar (default: :func:`mmtok.io.progress_enabled`).
     """
     from tqdm import tqdm
 
     if progress is None:
-        progress = os.environ.get("MMTOK_PROGRESS", "1") != "0"
+        progress = progress_enabled()
     cfg = cfg if cfg is not None else ClipConfig()
     jobs = [(r, cfg) for r in records]
     bar = tqdm(total=len(jobs), desc="decode", unit="clip", disable=not progress)

@@ -34,6 +34,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from mmtok.io import atomic_output
+
 __all__ = [
     "AUDIO_EXTENSIONS",
     "MEDIA_EXTENSIONS",
@@ -430,26 +432,16 @@ def read_audio(path: str | os.PathLike, *, sample_rate: int, mono: bool = True, 
 
 
 # ------------------------------------------------------------------------------------------------------ writing
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-
-
 @contextlib.contextmanager
 def _atomic_container(path: Path, **open_kwargs: Any) -> Iterator[Any]:
     """A PyAV output container on a temporary file beside ``path``, renamed onto ``path`` once closed without error;
-    on any error the temporary file is removed and ``path`` is left as it was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
+    on any error the temporary file is removed and ``path`` is left as it was (:func:`mmtok.io.atomic_output`)."""
+    with atomic_output(path) as tmp:
         container = av.open(str(tmp), mode="w", **open_kwargs)
         try:
             yield container
         finally:
             container.close()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _as_frames(frames: Any) -> np.ndarray:

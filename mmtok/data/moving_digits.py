@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from mmtok.data.media import write_video
+from mmtok.io import atomic_write, progress_enabled
 
 __all__ = [
     "COLORS",
@@ -547,12 +548,6 @@ def _dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _render_one(args: tuple[ClipSpec, CorpusConfig, str, bool]) -> str:
     spec, cfg, out_dir, overwrite = args
     path = Path(out_dir) / "clips" / f"{spec.id}.mp4"
@@ -574,7 +569,7 @@ def generate_corpus(out_dir: str | os.PathLike, num_clips: int = 2000, seed: int
         num_workers: processes rendering and encoding clips (default: the CPU count; 0 renders in this process).
         overwrite: re-encode clips that already exist (by default existing clips, written atomically, are kept,
             so an interrupted generation continues where it stopped).
-        progress: show a tqdm bar (default: on unless ``MMTOK_PROGRESS=0``).
+        progress: show a tqdm bar (default: :func:`mmtok.io.progress_enabled`).
 
     The metadata files are written last (atomically), so their presence marks a complete corpus.
     """
@@ -585,7 +580,7 @@ def generate_corpus(out_dir: str | os.PathLike, num_clips: int = 2000, seed: int
     if num_workers is None:
         num_workers = os.cpu_count() or 1
     if progress is None:
-        progress = os.environ.get("MMTOK_PROGRESS", "1") != "0"
+        progress = progress_enabled()
     jobs = [(s, cfg, str(out), overwrite) for s in specs]
     from tqdm import tqdm
 
@@ -617,11 +612,11 @@ def generate_corpus(out_dir: str | os.PathLike, num_clips: int = 2000, seed: int
                 tone_hz={str(d): round(digit_frequency(d), 3) for d in range(10)},
                 manifest_fields=list(MANIFEST_FIELDS), ground_truth_fields=list(GROUND_TRUTH_FIELDS),
                 counts={k: len(v) for k, v in splits.items() if not k.endswith("_combinations")})
-    _write_text(out / "ground_truth.jsonl", "".join(_dumps(_ground_truth_record(s, cfg)) + "\n" for s in specs))
-    _write_text(out / "splits.json", json.dumps(splits, sort_keys=True, indent=1) + "\n")
-    _write_text(out / "corpus.json", json.dumps(meta, sort_keys=True, indent=1) + "\n")
+    atomic_write(out / "ground_truth.jsonl", "".join(_dumps(_ground_truth_record(s, cfg)) + "\n" for s in specs))
+    atomic_write(out / "splits.json", json.dumps(splits, sort_keys=True, indent=1) + "\n")
+    atomic_write(out / "corpus.json", json.dumps(meta, sort_keys=True, indent=1) + "\n")
     manifest = out / "manifest.jsonl"
-    _write_text(manifest, "".join(_dumps(_manifest_record(s, cfg)) + "\n" for s in specs))
+    atomic_write(manifest, "".join(_dumps(_manifest_record(s, cfg)) + "\n" for s in specs))
     return manifest
 
 

@@ -43,6 +43,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from mmtok.io import atomic_output
+
 __all__ = [
     "DATASET_FILE",
     "FEATURES",
@@ -126,16 +128,10 @@ def row_codes(row: TokenRow) -> dict[str, Any]:
 def write_shard(path: str | os.PathLike, rows: Sequence[TokenRow]) -> Path:
     """Write rows as one Arrow IPC stream file (the format ``datasets`` memory-maps), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(list(rows), schema=FEATURES.arrow_schema)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
