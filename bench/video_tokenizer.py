@@ -213,10 +213,11 @@ def speed_worker(which: str, reps: int) -> dict:
 def corpus_clips(corpus: Path, split: str, n: int | None) -> torch.Tensor:
     from mmtok.data.ingest import read_manifest
     from mmtok.data.media import read_video
+    from mmtok.frames import from_uint8
 
     records = read_manifest(corpus / "manifest.jsonl", split=split)[:n]
     frames = [read_video(r.video, fps=8, num_frames=CLIP[0], size=CLIP[1]) for r in records]
-    return torch.from_numpy(np.stack(frames)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0   # [N, 3, T, H, W]
+    return from_uint8(torch.from_numpy(np.stack(frames)))   # [N, 3, T, H, W] in [-1, 1]
 
 
 def race_worker(which: str, budget: float, corpus: Path, lr: float) -> dict:

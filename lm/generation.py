@@ -52,6 +52,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogits
     TopPLogitsWarper
 from transformers.cache_utils import DynamicCache
 
+from mmtok.frames import to_uint8
 from mmtok.io import progress_enabled
 from mmtok.sequence import TASKS, ParsedSequence, output_constraints
 
@@ -316,8 +317,7 @@ class GenerationResult:
         """Sample ``i``'s video as uint8 frames ``[T, H, W, 3]`` (what ``write_video`` takes)."""
         if self.video is None:
             raise AttributeError(f"a {self.task} result has no video")
-        v = self.video[i].detach().float().clamp(-1, 1)  # [3, T, H, W]
-        return ((v + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).contiguous()
+        return to_uint8(self.video[i]).contiguous()
 
 
 # ------------------------------------------------------------------------------------------------- the generator

@@ -22,6 +22,7 @@ import torch
 
 from mmtok.data.moving_digits import COLORS, DIRECTIONS, _glyph_alpha, _load_glyphs, default_glyph_size, \
     digit_frequency
+from mmtok.frames import to_uint8
 
 _FEATURE_SIDE = 12
 _PALETTE = np.array(list(COLORS.values()), np.float64)
@@ -306,11 +307,9 @@ def _blur(frame: np.ndarray, sigma: float) -> np.ndarray:
 def _as_frames(frames: np.ndarray | torch.Tensor) -> np.ndarray:
     """uint8 ``[T, H, W, 3]`` from uint8 ``[T, H, W, 3]`` or float ``[3, T, H, W]`` in [-1, 1]."""
     if isinstance(frames, torch.Tensor):
-        if frames.dtype.is_floating_point:
-            if frames.dim() != 4 or frames.shape[0] != 3:
-                raise ValueError(f"float frames must be [3, T, H, W] in [-1, 1], got {tuple(frames.shape)}")
-            frames = ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
-        frames = frames.detach().cpu().numpy()
+        if frames.dtype.is_floating_point and frames.dim() != 4:
+            raise ValueError(f"float frames must be [3, T, H, W] in [-1, 1], got {tuple(frames.shape)}")
+        frames = to_uint8(frames).numpy()
     frames = np.asarray(frames)
     if frames.ndim == 3:
         frames = frames[None]

@@ -33,8 +33,9 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from mmtok.data.media import MediaError  # noqa: E402
-from mmtok.video import VideoTokenizer, to_uint8  # noqa: E402
+from mmtok.frames import to_uint8  # noqa: E402
 from mmtok.io import atomic_write, progress_enabled  # noqa: E402
+from mmtok.video import VideoTokenizer  # noqa: E402
 from recipes.common import build_arg_parser, load_config  # noqa: E402
 from recipes.train_video_tokenizer import RandomClips, find_records, write_gif  # noqa: E402
 from recipes.train_video_tokenizer import DataConfig as _TrainData  # noqa: E402

@@ -46,10 +46,11 @@ from tqdm import tqdm  # noqa: E402
 
 from mmtok.data.ingest import BadFileReport, ClipRecord, load_records  # noqa: E402
 from mmtok.data.media import MediaError, probe, read_video, resize_and_crop, write_gif as write_frames_gif  # noqa: E402,E501
-from mmtok.video import VideoTokenizer, to_uint8  # noqa: E402
+from mmtok.frames import to_uint8  # noqa: E402
+from mmtok.io import progress_enabled  # noqa: E402
+from mmtok.video import VideoTokenizer  # noqa: E402
 from mmtok.video.losses import (  # noqa: E402
     LeCamEMA, PerceptualLoss, VideoDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, reconstruction_loss)
-from mmtok.io import progress_enabled  # noqa: E402
 from recipes.common import (  # noqa: E402
     ModelEMA, RunLogger, build_arg_parser, cpu_accelerator_kwargs, dump_config, load_checkpoint, load_config,
     save_checkpoint)

@@ -34,6 +34,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from mmtok.frames import to_uint8
 from mmtok.io import atomic_output
 
 __all__ = [
@@ -445,18 +446,13 @@ def _atomic_container(path: Path, **open_kwargs: Any) -> Iterator[Any]:
 
 
 def _as_frames(frames: Any) -> np.ndarray:
-    if hasattr(frames, "detach"):  # torch tensor, without importing torch here
-        frames = frames.detach().cpu().numpy()
-    frames = np.asarray(frames)
+    """uint8 ``[T, H, W, 3]`` from uint8 frames or a float clip ``[3, T, H, W]`` in [-1, 1] (NumPy or torch)."""
+    frames = to_uint8(frames if hasattr(frames, "detach") else np.asarray(frames)).numpy()
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [T, H, W, 3] RGB, got shape {tuple(frames.shape)}")
     if frames.shape[0] == 0:
         raise ValueError("frames is empty (T = 0)")
-    if frames.dtype == np.uint8:
-        return frames
-    if np.issubdtype(frames.dtype, np.floating):  # floats are taken as [0, 1]
-        return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    raise ValueError(f"frames must be uint8 (0..255) or float (0..1), got {frames.dtype}")
+    return frames
 
 
 def _as_wave(audio: Any) -> np.ndarray:
@@ -495,7 +491,8 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float, *, audio: Any 
 
     Args:
         path: output file; its suffix picks the container (``.mp4`` recommended; ``.mkv``, ``.mov``, ``.avi`` work).
-        frames: ``[T, H, W, 3]`` RGB, ``uint8`` or float in ``[0, 1]`` (NumPy array or torch tensor).
+        frames: RGB, uint8 ``[T, H, W, 3]`` or a float clip ``[3, T, H, W]`` in ``[-1, 1]`` (what the video
+            tokenizer decodes; :mod:`mmtok.frames`), NumPy array or torch tensor.
         fps: frame rate (nominal rate when ``timestamps`` is given).
         audio: optional ``float`` waveform in ``[-1, 1]``, ``[N]`` (mono) or ``[C, N]`` with ``C`` in (1, 2).
         sample_rate: audio rate in Hz; required with ``audio``.

@@ -5,6 +5,6 @@ Importing this package registers ``VideoTokenizerConfig`` / ``VideoTokenizer`` w
 """
 
 from mmtok.video.configuration_video import PRESETS, VideoTokenizerConfig
-from mmtok.video.modeling_video import VideoTokenizer, VideoTokenizerOutput, to_uint8
+from mmtok.video.modeling_video import VideoTokenizer, VideoTokenizerOutput
 
-__all__ = ["PRESETS", "VideoTokenizer", "VideoTokenizerConfig", "VideoTokenizerOutput", "to_uint8"]
+__all__ = ["PRESETS", "VideoTokenizer", "VideoTokenizerConfig", "VideoTokenizerOutput"]

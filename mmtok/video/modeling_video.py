@@ -48,6 +48,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from mmtok.frames import from_uint8, to_uint8
 from mmtok.interface import require_finite
 from mmtok.pretrained import StrictLoadingMixin
 from mmtok.quantizers import FSQ, LFQ
@@ -459,7 +460,7 @@ class VideoTokenizer(StrictLoadingMixin, PreTrainedModel):
             if video.dim() != 5 or video.shape[-1] != c:
                 raise ValueError(f"uint8 video must be [B, T, H, W, {c}] (channel-last frames), got shape "
                                  f"{tuple(video.shape)}")
-            x = video.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+            x = from_uint8(video)
         elif video.dtype.is_floating_point:
             if video.dim() != 5 or video.shape[1] != c:
                 raise ValueError(f"float video must be [B, {c}, T, H, W] in [-1, 1], got shape {tuple(video.shape)}"
@@ -525,13 +526,6 @@ class VideoTokenizer(StrictLoadingMixin, PreTrainedModel):
     def decode_to_frames(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes -> uint8 frames ``[B, T, H, W, 3]``."""
         return to_uint8(self.decode(codes))
-
-
-def to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """Float video ``[B, 3, T, H, W]`` in [-1, 1] -> uint8 frames ``[B, T, H, W, 3]``."""
-    if video.dim() != 5 or video.shape[1] != 3:
-        raise ValueError(f"expected a float video [B, 3, T, H, W], got shape {tuple(video.shape)}")
-    return ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
 
 
 AutoConfig.register(VideoTokenizerConfig.model_type, VideoTokenizerConfig, exist_ok=True)

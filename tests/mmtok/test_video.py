@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
 from mmtok.interface import ModalityTokenizer, code_spec
-from mmtok.video import PRESETS, VideoTokenizer, VideoTokenizerConfig, to_uint8
+from mmtok.video import PRESETS, VideoTokenizer, VideoTokenizerConfig
 from mmtok.video.losses import reconstruction_loss
 from mmtok.vocab import CodeSpec, UnifiedVocabulary
 
@@ -393,12 +393,6 @@ def test_config_validation():
         VideoTokenizerConfig(channel_multipliers=[1, 2], spatial_downsample=[True, True], temporal_downsample=[True])
     with pytest.raises(ValueError, match="spatial_padding"):
         VideoTokenizerConfig(spatial_padding="reflect")
-
-
-def test_to_uint8_round_trip():
-    frames = random_video(5, 8, 8)
-    as_float = frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-    assert torch.equal(to_uint8(as_float), frames)
 
 
 # ------------------------------------------------------------------------------------------- reconstruction loss

@@ -14,6 +14,7 @@ from lm.evaluation import (
     tokenizer_reconstruction, trajectory_error,
 )
 from mmtok.data.moving_digits import generate_corpus
+from mmtok.frames import from_uint8
 from mmtok.metrics import wilson_interval
 
 
@@ -128,7 +129,7 @@ class _IdentityVideo:
         return x
 
     def decode(self, x):
-        return x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        return from_uint8(x)
 
 
 class _IdentityAudio:

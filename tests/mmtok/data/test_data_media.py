@@ -189,6 +189,15 @@ def test_truncated_faststart_file_decodes_up_to_the_cut(tmp_path):
         read_video(cut, num_frames=17)
 
 
+def test_write_video_takes_a_decoded_float_clip_in_minus_one_to_one(tmp_path):
+    import torch
+
+    frames = ramp_frames(9)                                                     # uint8 [T, H, W, 3], 0 .. 96
+    clip = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0   # [3, T, H, W] in [-1, 1]
+    path = write_video(tmp_path / "float.mp4", clip, 8)
+    np.testing.assert_allclose(read_video(path).astype(float), frames.astype(float), atol=4)   # not read as [0, 1]
+
+
 def test_write_gif_round_trip(tmp_path):
     from mmtok.data.media import read_video, write_gif
 
