@@ -224,6 +224,7 @@ def race_worker(which: str, budget: float, corpus: Path, lr: float) -> dict:
     # Clips first: the peer's stand-in torchvision has no __spec__, which breaks library availability probes that
     # the media readers' imports run.
     train, val = corpus_clips(corpus, "train", None), corpus_clips(corpus, "validation", 16)
+    from mmtok.metrics import psnr
     torch.manual_seed(0)
     m = build(which, gan=False)
     opt = torch.optim.AdamW(m.parameters(), lr=lr, betas=(0.9, 0.99))
@@ -243,8 +244,8 @@ def race_worker(which: str, budget: float, corpus: Path, lr: float) -> dict:
     m.model.eval()
     with torch.no_grad():
         recon = torch.cat([m.reconstruct(val[i:i + 4]) for i in range(0, len(val), 4)]).clamp(-1, 1)
-    mse = ((recon - val) / 2).pow(2).flatten(1).mean(1)
-    return {"budget_s": budget, "steps": steps, "lr": lr, "val_psnr": float((10 * torch.log10(1 / mse)).mean())}
+    val_psnr = float(psnr(recon, val, (-1.0, 1.0), per_item=True).mean())
+    return {"budget_s": budget, "steps": steps, "lr": lr, "val_psnr": val_psnr}
 
 
 def run_worker(args: list[str]) -> dict:

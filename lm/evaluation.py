@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from mmtok.data.moving_digits import COLORS, DIRECTIONS, load_ground_truth
+from mmtok.frames import from_uint8, to_uint8
 from mmtok.metrics import mean_interval, psnr, si_snr, ssim, wilson_interval
 from mmtok.probes import MovingDigitsProbe, centroid_track, click_f1
 
@@ -238,9 +239,9 @@ def copy_last_frame(context: np.ndarray, num_frames: int) -> np.ndarray:
     return np.repeat(context[-1:], int(num_frames), axis=0)
 
 
-def _frames_psnr(truth: np.ndarray, estimate: np.ndarray) -> float:
-    return float(psnr(torch.from_numpy(np.asarray(truth, np.float32) / 255.0),
-                      torch.from_numpy(np.asarray(estimate, np.float32) / 255.0)))
+def _frames_psnr(estimate: np.ndarray, truth: np.ndarray) -> float:
+    """PSNR (dB) of uint8 frames."""
+    return float(psnr(torch.tensor(estimate), torch.tensor(truth), (0.0, 255.0)))
 
 
 def trajectory_error(truth_track: np.ndarray, estimate_frames: np.ndarray, *, frame_diag: float) -> float:
@@ -274,7 +275,7 @@ def score_continuation(generated_new: Sequence[np.ndarray], contexts: Sequence[n
         copy = copy_last_frame(ctx, len(tru))
         diag = float(np.hypot(*tru.shape[1:3]))
         truth_track = centroid_track(tru)
-        rec = {"psnr": _frames_psnr(tru, gen), "psnr_copy_last": _frames_psnr(tru, copy),
+        rec = {"psnr": _frames_psnr(gen, tru), "psnr_copy_last": _frames_psnr(copy, tru),
                "trajectory_error": trajectory_error(truth_track, gen, frame_diag=diag),
                "trajectory_error_copy_last": trajectory_error(truth_track, copy, frame_diag=diag)}
         records.append(rec)
@@ -300,8 +301,8 @@ def tokenizer_reconstruction(bundle: Any, clips: Sequence[Clip], *, batch_size: 
                              probe: MovingDigitsProbe | None = None) -> list[Metric]:
     """Video PSNR / SSIM and audio SI-SNR of the bundle's tokenizers on ``clips`` (audio at the LM's RVQ levels).
 
-    Baselines: blank frames (the background colour of the first frame's corner) for PSNR / SSIM; another clip's
-    audio (the clips rotated by one) for SI-SNR.
+    Baselines: blank frames (each frame filled with its top-left pixel, the background) for PSNR / SSIM; another
+    clip's audio (the clips rotated by one) for SI-SNR.
 
     With a ``probe``, the reconstructions are also read like generated media (``tokenizer_recon/{digit,color,
     direction,pitch}_accuracy``, ``tokenizer_recon/click_f1``): what a perfect LM could score through these
@@ -317,16 +318,15 @@ def tokenizer_reconstruction(bundle: Any, clips: Sequence[Clip], *, batch_size: 
         for i in range(0, len(clips), batch_size):
             batch = np.stack([c.frames for c in clips[i:i + batch_size]])            # [B, T, H, W, 3]
             x = torch.from_numpy(batch)
-            recon = vt.decode(vt.encode(x))                                           # [B, 3, T, H, W] in [-1, 1]
-            ref = x.permute(0, 4, 1, 2, 3).float() / 255.0                            # [B, 3, T, H, W]
-            est = ((recon.float().clamp(-1, 1) + 1) / 2)[:, :, : ref.shape[2]]
+            ref = from_uint8(x)                                                       # [B, 3, T, H, W] in [-1, 1]
+            est = vt.decode(vt.encode(x)).float().clamp(-1, 1)[:, :, : ref.shape[2]]
             blank = ref[..., :1, :1].expand_as(ref)                                   # background colour
             for b in range(ref.shape[0]):
-                r, e, z = (t[b].permute(1, 0, 2, 3) for t in (ref, est, blank))    # [T, 3, H, W]
-                ps.append(float(psnr(r, e))); ss.append(float(ssim(r, e)))
-                bps.append(float(psnr(r, z))); bss.append(float(ssim(r, z)))
-                if probe is not None:                                                 # uint8 [T, H, W, 3]
-                    recon_frames.append((e * 255).round().byte().permute(0, 2, 3, 1).numpy())
+                r, e, z = (t[b].transpose(0, 1) for t in (ref, est, blank))          # [T, 3, H, W]
+                ps.append(float(psnr(e, r, (-1.0, 1.0)))); ss.append(float(ssim(e, r, (-1.0, 1.0))))
+                bps.append(float(psnr(z, r, (-1.0, 1.0)))); bss.append(float(ssim(z, r, (-1.0, 1.0))))
+                if probe is not None:
+                    recon_frames.append(to_uint8(est[b]).numpy())                     # uint8 [T, H, W, 3]
         n = len(ps)
         out += [Metric("tokenizer/video_psnr", float(np.mean(ps)), float(np.mean(bps)), "blank frames", True, n,
                        unit="dB"),
@@ -344,11 +344,11 @@ def tokenizer_reconstruction(bundle: Any, clips: Sequence[Clip], *, batch_size: 
             recon = at.decode(at.encode(w, num_quantizers=levels))[..., : w.shape[-1]]
             if recon.shape[-1] < w.shape[-1]:
                 recon = torch.nn.functional.pad(recon, (0, w.shape[-1] - recon.shape[-1]))
-            vals += si_snr(w[:, 0], recon[:, 0]).tolist()
+            vals += si_snr(recon[:, 0], w[:, 0]).tolist()
             if probe is not None:
                 recon_waves += list(recon[:, 0].float().numpy())
         other = waves.roll(1, dims=0)
-        base = si_snr(waves, other).tolist() if len(clips) > 1 else [float("nan")]
+        base = si_snr(other, waves).tolist() if len(clips) > 1 else [float("nan")]
         out.append(Metric("tokenizer/audio_si_snr", float(np.mean(vals)), float(np.mean(base)),
                           "another clip's audio", True, len(vals), unit="dB"))
         if probe is not None:

@@ -1,5 +1,5 @@
 """Audio features and codec losses written with ``torch.stft`` (no torchaudio): STFT magnitudes, mel spectrograms,
-the multi-scale mel loss of EnCodec, a multi-resolution STFT distance, and SI-SNR.
+the multi-scale mel loss of EnCodec and a multi-resolution STFT distance (SI-SNR is :func:`mmtok.metrics.si_snr`).
 
 All functions take waveforms ``[B, N]`` or ``[B, 1, N]`` (mono float) and are differentiable.
 
@@ -9,7 +9,6 @@ All functions take waveforms ``[B, N]`` or ``[B, 1, N]`` (mono float) and are di
   ``2^5 .. 2^11`` (hop = window / 4), L1 on mel magnitudes plus L1 on floored log-mel, averaged over scales.
 - :class:`MultiResolutionSTFTLoss`: spectral convergence + log-magnitude L1 at several FFT sizes (Parallel WaveGAN,
   arXiv 1910.11480); the evaluation's "multi-resolution STFT distance".
-- :func:`si_snr`: scale-invariant signal-to-noise ratio in dB per item (higher is better).
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from mmtok import metrics
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -142,14 +139,3 @@ class MultiResolutionSTFTLoss(nn.Module):
             sc = torch.linalg.norm(st - se) / torch.linalg.norm(st).clamp_min(1e-7)
             total = total + sc + F.l1_loss(torch.log(se), torch.log(st))
         return total / len(self.fft_sizes)
-
-
-def si_snr(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Scale-invariant SNR in dB per item ``[B]`` of codec output against its input (higher is better).
-
-    A codec-friendly front end to :func:`mmtok.metrics.si_snr`: ``[B, 1, N]`` or ``[B, N]`` inputs, cut to the
-    shorter length (a decoder returns whole frames).
-    """
-    estimate, target = _flat(estimate), _flat(target)
-    n = min(estimate.shape[-1], target.shape[-1])
-    return metrics.si_snr(target[:, :n], estimate[:, :n], eps=eps)

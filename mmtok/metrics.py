@@ -1,8 +1,10 @@
-"""Reconstruction and retrieval metrics shared by the evaluation recipes.
+"""Reconstruction, retrieval and uncertainty metrics shared by the evaluations (the one implementation of each).
 
-Video: :func:`psnr`, :func:`ssim` on frames in ``[0, 1]``. Audio: :func:`si_snr`. Retrieval: :func:`retrieval_metrics`
-(R@k and median rank from a similarity matrix). Uncertainty: :func:`wilson_interval` (a proportion) and
-:func:`mean_interval` (a mean). All take and return tensors (or floats) and never need a GPU.
+Video: :func:`psnr` and :func:`ssim` on images or clips whose pixel values span ``value_range`` (``(0, 255)`` for
+uint8 frames, ``(-1, 1)`` for float video, see :mod:`mmtok.frames`). Audio: :func:`si_snr`. Retrieval:
+:func:`retrieval_metrics` (R@k and median rank from a similarity matrix). Uncertainty: :func:`wilson_interval` (a
+proportion) and :func:`mean_interval` (a mean). Arguments go ``(estimate, target)`` (torchmetrics' ``(preds,
+target)``); all take and return tensors (or floats), compute in float64 and never need a GPU.
 """
 
 from __future__ import annotations
@@ -12,31 +14,48 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-def psnr(reference: torch.Tensor, estimate: torch.Tensor, max_value: float = 1.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB over all elements (``inf`` for identical inputs)."""
-    _check_same_shape(reference, estimate, "psnr")
-    mse = F.mse_loss(estimate.double(), reference.double())
-    if mse == 0:
-        return torch.tensor(math.inf)
-    return (10 * torch.log10(max_value ** 2 / mse)).float()
+SSIM_WINDOW = 11   # side of SSIM's Gaussian window (Wang et al. 2004; torchmetrics' default), shrunk for smaller images
+SSIM_SIGMA = 1.5
 
 
-def ssim(reference: torch.Tensor, estimate: torch.Tensor, max_value: float = 1.0, window: int = 7,
-         sigma: float = 1.5) -> torch.Tensor:
-    """Mean structural similarity (Wang et al. 2004) of images ``[..., C, H, W]`` with a Gaussian window.
+def psnr(estimate: torch.Tensor, target: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0), *,
+         per_item: bool = False, max_db: float | None = None) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB, ``10 log10(peak^2 / MSE)`` with ``peak = value_range[1] - value_range[0]``
+    (``inf`` for identical inputs).
 
-    Leading dimensions (batch, time) are flattened; channels are compared separately and averaged.
+    Args:
+        per_item: one value per item of the first dimension (``[B]``, MSE over the rest) instead of one over all.
+        max_db: cap the result (identical inputs then score ``max_db``, which keeps a mean over clips finite).
     """
-    _check_same_shape(reference, estimate, "ssim")
-    if reference.dim() < 3:
-        raise ValueError(f"ssim expects [..., C, H, W], got shape {tuple(reference.shape)}")
-    c, h, w = reference.shape[-3:]
-    window = min(window, h, w)
-    x = reference.reshape(-1, 1, h, w).double()
-    y = estimate.reshape(-1, 1, h, w).double()
+    _check_same_shape(estimate, target, "psnr")
+    squared = (estimate.double() - target.double()).pow(2)
+    mse = squared.flatten(1).mean(1) if per_item else squared.mean()
+    db = 10 * torch.log10((value_range[1] - value_range[0]) ** 2 / mse)
+    return (db if max_db is None else db.clamp_max(max_db)).float()
+
+
+def ssim(estimate: torch.Tensor, target: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0), *,
+         per_item: bool = False) -> torch.Tensor:
+    """Mean structural similarity (Wang et al. 2004) of images ``[..., C, H, W]``: a :data:`SSIM_WINDOW`-pixel
+    Gaussian window (sigma :data:`SSIM_SIGMA`), each channel of each image (leading dimensions: batch, time) on its
+    own, averaged.
+
+    SSIM's luminance term is not shift-invariant: pixel values are measured from ``value_range[0]`` (black), and the
+    stabilising constants scale with the range's width.
+
+    Args:
+        per_item: one value per item of the first dimension (``[B]``) instead of one over all.
+    """
+    _check_same_shape(estimate, target, "ssim")
+    if target.dim() < 3:
+        raise ValueError(f"ssim expects [..., C, H, W], got shape {tuple(target.shape)}")
+    h, w = target.shape[-2:]
+    low, peak = value_range[0], value_range[1] - value_range[0]
+    x = target.reshape(-1, 1, h, w).double() - low
+    y = estimate.reshape(-1, 1, h, w).double() - low
+    window = min(SSIM_WINDOW, h, w)
     coords = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
-    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-coords ** 2 / (2 * SSIM_SIGMA ** 2))
     g = g / g.sum()
     kernel = (g[:, None] * g[None, :])[None, None]                  # [1, 1, k, k]
 
@@ -47,16 +66,21 @@ def ssim(reference: torch.Tensor, estimate: torch.Tensor, max_value: float = 1.0
     var_x = blur(x * x) - mu_x ** 2
     var_y = blur(y * y) - mu_y ** 2
     cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = (0.01 * max_value) ** 2, (0.03 * max_value) ** 2
+    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return ssim_map.mean().float()
+    return (ssim_map.reshape(target.shape[0], -1).mean(1) if per_item else ssim_map.mean()).float()
 
 
-def si_snr(reference: torch.Tensor, estimate: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Scale-invariant signal-to-noise ratio in dB per signal ``[..., N]`` (Le Roux et al. 2019)."""
-    _check_same_shape(reference, estimate, "si_snr")
-    ref = reference.double() - reference.double().mean(-1, keepdim=True)
+def si_snr(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale-invariant signal-to-noise ratio in dB of each signal ``[..., N]`` (Le Roux et al. 2019): the energy of
+    ``estimate``'s projection onto ``target`` over the energy of the rest, after removing both means.
+
+    The value depends only on the angle between the two signals, except where ``eps`` matters: it regularises the
+    target's energy (the projection) and the residual's, so a near-silent target cannot be matched.
+    """
+    _check_same_shape(estimate, target, "si_snr")
     est = estimate.double() - estimate.double().mean(-1, keepdim=True)
+    ref = target.double() - target.double().mean(-1, keepdim=True)
     projection = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + eps) * ref
     noise = est - projection
     ratio = projection.pow(2).sum(-1) / (noise.pow(2).sum(-1) + eps)
@@ -117,6 +141,7 @@ def mean_interval(values, z: float = 1.96) -> tuple[float, float]:
     return m - half, m + half
 
 
-def _check_same_shape(a: torch.Tensor, b: torch.Tensor, name: str) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"{name}: reference and estimate shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+def _check_same_shape(estimate: torch.Tensor, target: torch.Tensor, name: str) -> None:
+    if estimate.shape != target.shape:
+        raise ValueError(f"{name}: estimate and target shapes differ: {tuple(estimate.shape)} vs "
+                         f"{tuple(target.shape)}")

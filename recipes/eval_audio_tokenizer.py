@@ -23,8 +23,9 @@ import torch
 if __package__ in (None, ""):  # `python recipes/eval_audio_tokenizer.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmtok.audio_features import MultiResolutionSTFTLoss, MultiScaleMelLoss, si_snr  # noqa: E402
+from mmtok.audio_features import MultiResolutionSTFTLoss, MultiScaleMelLoss  # noqa: E402
 from mmtok.io import atomic_write, progress_enabled  # noqa: E402
+from mmtok.metrics import si_snr  # noqa: E402
 
 
 @torch.no_grad()

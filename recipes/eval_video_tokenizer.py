@@ -8,10 +8,11 @@ Writes ``<out>/metrics.json`` and ``<out>/side_by_side.gif`` + ``.mp4`` (origina
 Clips are the first ``max_clips`` readable records of the split, each its first ``num_frames`` frames at ``fps``,
 shorter side resized to ``size`` and centre-cropped; unreadable files are skipped and counted.
 
-Metrics: PSNR (dB, on [0, 255] frames, mean over clips), SSIM (Gaussian 11x11 window, sigma 1.5, per frame on
-luma-free RGB channels averaged), codebook utilization (distinct codes used over the whole eval set / codebook size)
-and code perplexity, bits per pixel ``= T'H'W' log2(K) / (T H W)``, compression ratio ``= 24 bits per RGB pixel /
-bpp``, encode and decode clips/s and frames/s (batch ``batch_size``, after one warm-up batch).
+Metrics: PSNR (dB, of each clip's uint8 frames, capped at 100; mean over clips) and SSIM (Gaussian 11x11 window,
+sigma 1.5, per frame and RGB channel, averaged), both :mod:`mmtok.metrics`; codebook utilization (distinct codes used
+over the whole eval set / codebook size) and code perplexity, bits per pixel ``= T'H'W' log2(K) / (T H W)``,
+compression ratio ``= 24 bits per RGB pixel / bpp``, encode and decode clips/s and frames/s (batch ``batch_size``,
+after one warm-up batch).
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from mmtok.data.media import MediaError  # noqa: E402
 from mmtok.frames import to_uint8  # noqa: E402
 from mmtok.io import atomic_write, progress_enabled  # noqa: E402
+from mmtok.metrics import psnr, ssim  # noqa: E402
 from mmtok.video import VideoTokenizer  # noqa: E402
 from recipes.common import build_arg_parser, load_config  # noqa: E402
 from recipes.train_video_tokenizer import RandomClips, find_records, write_gif  # noqa: E402
@@ -59,33 +60,6 @@ class EvalConfig:
     batch_size: int = 8
     num_side_by_side: int = 4
     num_threads: Optional[int] = None
-
-
-# ------------------------------------------------------------------------------------------------------- metrics
-def psnr_uint8(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-clip PSNR (dB) of uint8 clips ``[B, T, H, W, 3]``."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))
-
-
-def ssim_uint8(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Per-clip SSIM (Wang et al. 2004) of uint8 clips ``[B, T, H, W, 3]``: Gaussian window, per frame and
-    channel, averaged."""
-    bsz = a.shape[0]
-    x = a.float().permute(0, 1, 4, 2, 3).flatten(0, 2)[:, None]                    # [B*T*3, 1, H, W]
-    y = b.float().permute(0, 1, 4, 2, 3).flatten(0, 2)[:, None]
-    window = min(window, x.shape[-1], x.shape[-2])
-    coords = torch.arange(window, dtype=torch.float32) - (window - 1) / 2
-    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
-    g = (g / g.sum())
-    kernel = (g[:, None] * g[None, :])[None, None]                                 # [1, 1, w, w]
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel)
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mx, my = blur(x), blur(y)
-    sxx, syy, sxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
-    return s.flatten(1).mean(1).view(bsz, -1).mean(1)
 
 
 def load_eval_clips(cfg: EvalConfig) -> tuple[torch.Tensor, list[dict[str, str]]]:
@@ -150,12 +124,13 @@ def evaluate(model: VideoTokenizer, clips: torch.Tensor, batch_size: int) -> dic
     entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
     tl, hl, wl = codes_all.shape[1:]
     bpp = tl * hl * wl * math.log2(model.codebook_size) / (t * h * w)
-    psnr, ssim = psnr_uint8(recon, clips), ssim_uint8(recon, clips)
+    clip_psnr = psnr(recon, clips, (0.0, 255.0), per_item=True, max_db=100.0)                # [N]
+    clip_ssim = ssim(recon.movedim(-1, -3), clips.movedim(-1, -3), (0.0, 255.0), per_item=True)  # [N]
     return {
         "num_clips": n, "clip_shape": [t, h, w], "code_shape": [tl, hl, wl],
         "codebook_size": model.codebook_size,
-        "psnr": float(psnr.mean()), "psnr_std": float(psnr.std()) if n > 1 else 0.0,
-        "ssim": float(ssim.mean()),
+        "psnr": float(clip_psnr.mean()), "psnr_std": float(clip_psnr.std()) if n > 1 else 0.0,
+        "ssim": float(clip_ssim.mean()),
         "codebook_utilization": float((counts > 0).double().mean()),
         "code_perplexity": float(entropy.exp()),
         "bits_per_pixel": bpp, "compression_ratio": 24.0 / bpp,

@@ -225,7 +225,8 @@ def train(cfg: AudioTokenizerTrainConfig, resume: bool = False, allow_inexact_re
     from mmtok.audio.discriminator import (
         MultiScaleSTFTDiscriminator, discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss,
     )
-    from mmtok.audio_features import MultiScaleMelLoss, si_snr
+    from mmtok.audio_features import MultiScaleMelLoss
+    from mmtok.metrics import si_snr
     from recipes.eval_audio_tokenizer import evaluate_codec, format_table
 
     if cfg.train.num_threads:

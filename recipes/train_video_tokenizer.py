@@ -48,6 +48,7 @@ from mmtok.data.ingest import BadFileReport, ClipRecord, load_records  # noqa: E
 from mmtok.data.media import MediaError, probe, read_video, resize_and_crop, write_gif as write_frames_gif  # noqa: E402,E501
 from mmtok.frames import to_uint8  # noqa: E402
 from mmtok.io import progress_enabled  # noqa: E402
+from mmtok.metrics import psnr  # noqa: E402
 from mmtok.video import VideoTokenizer  # noqa: E402
 from mmtok.video.losses import (  # noqa: E402
     LeCamEMA, PerceptualLoss, VideoDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, reconstruction_loss)
@@ -299,10 +300,9 @@ def write_gif(path: Path, originals: torch.Tensor, reconstructions: torch.Tensor
     write_frames_gif(path, torch.cat([top, bottom], dim=1).numpy(), fps)                 # [T, 2H, B*W, 3]
 
 
-def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-clip PSNR (dB) of videos in [-1, 1]: ``[B, 3, T, H, W]`` -> ``[B]``."""
-    mse = ((reconstruction.float().clamp(-1, 1) - target.float()) / 2).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+def mean_clip_psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean over clips of each clip's PSNR (dB, capped at 100) of videos ``[B, 3, T, H, W]`` in [-1, 1]."""
+    return float(psnr(reconstruction.clamp(-1, 1), target, (-1.0, 1.0), per_item=True, max_db=100.0).mean())
 
 
 # -------------------------------------------------------------------------------------------------------------- loop
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         net.eval()
         target = net.preprocess(samples)
         recon = net.decode(net.encode(samples))
-        score = float(psnr(recon, target).mean())
+        score = mean_clip_psnr(recon, target)
         if accelerator.is_main_process:
             write_gif(run_dir / "samples" / f"step_{at:08d}.gif", samples, to_uint8(recon), cfg.data.fps)
         net.train(was_training)
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bar.update()
         if step % tc.log_every == 0 or step == tc.steps:
             with torch.no_grad():
-                batch_psnr = float(psnr(recon.detach(), target).mean())
+                batch_psnr = mean_clip_psnr(recon.detach(), target)
             last = {"loss": float(loss.detach()), "rec_loss": float(rec_loss.detach()),
                     "quantizer_loss": float(out.quantizer_loss.detach()),
                     "psnr": batch_psnr, "lr": lr, "data/bad_files": len(data.report), "image_step": int(image_step),

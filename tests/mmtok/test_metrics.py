@@ -5,14 +5,27 @@ import math
 import pytest
 import torch
 
-from mmtok.metrics import mean_interval, psnr, retrieval_metrics, si_snr, ssim, wilson_interval
+from mmtok.metrics import SSIM_SIGMA, SSIM_WINDOW, mean_interval, psnr, retrieval_metrics, si_snr, ssim, wilson_interval
 
 
 def test_psnr_known_value_and_identity():
-    ref = torch.zeros(2, 3, 4, 4)
-    est = torch.full_like(ref, 0.1)  # mse 0.01 -> 20 dB
-    assert psnr(ref, est).item() == pytest.approx(20.0, abs=1e-4)
-    assert math.isinf(psnr(ref, ref).item())
+    target = torch.zeros(2, 3, 4, 4)
+    est = torch.full_like(target, 0.1)  # mse 0.01 -> 20 dB
+    assert psnr(est, target).item() == pytest.approx(20.0, abs=1e-4)
+    assert math.isinf(psnr(target, target).item())
+    assert psnr(target, target, max_db=100.0).item() == 100.0
+
+
+def test_psnr_value_range_and_per_item():
+    frames = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    shifted = (frames.int() + 5).clamp(0, 255).to(torch.uint8)
+    mse = (shifted.double() - frames.double()).pow(2).flatten(1).mean(1)
+    per_clip = psnr(shifted, frames, (0.0, 255.0), per_item=True)
+    assert per_clip.shape == (2,)
+    torch.testing.assert_close(per_clip, (10 * torch.log10(255.0 ** 2 / mse)).float())
+    # The same frames as float video in [-1, 1]: the same PSNR (only the range's width matters).
+    as_video = [f.double() / 127.5 - 1 for f in (shifted, frames)]
+    torch.testing.assert_close(psnr(*as_video, (-1.0, 1.0), per_item=True), per_clip)
 
 
 def test_ssim_is_one_for_identical_and_drops_with_noise():
@@ -20,17 +33,60 @@ def test_ssim_is_one_for_identical_and_drops_with_noise():
     img = torch.rand(2, 3, 16, 16)
     assert ssim(img, img).item() == pytest.approx(1.0, abs=1e-6)
     noisy = (img + 0.3 * torch.randn_like(img)).clamp(0, 1)
-    assert ssim(img, noisy).item() < 0.8
-    assert ssim(img, noisy).item() > ssim(img, torch.rand_like(img)).item()
+    assert ssim(noisy, img).item() < 0.8
+    assert ssim(noisy, img).item() > ssim(torch.rand_like(img), img).item()
+
+
+def test_ssim_value_range_and_per_item():
+    frames = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    noisy = (frames + 60 * torch.randn(frames.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 255)
+    x, y = noisy.to(torch.uint8).movedim(-1, -3), frames.movedim(-1, -3)        # [B, T, 3, H, W]
+    per_clip = ssim(x, y, (0.0, 255.0), per_item=True)
+    assert per_clip.shape == (2,) and (per_clip < 0.9).all()
+    torch.testing.assert_close(ssim(y, y, (0.0, 255.0), per_item=True), torch.ones(2))
+    assert per_clip.mean().item() == pytest.approx(ssim(x, y, (0.0, 255.0)).item(), abs=1e-6)
+    # The same frames in [0, 1] or as float video in [-1, 1] score the same: values count from the range's floor.
+    assert ssim(x / 255, y / 255).item() == pytest.approx(ssim(x, y, (0.0, 255.0)).item(), abs=1e-6)
+    assert ssim(x / 127.5 - 1, y / 127.5 - 1, (-1.0, 1.0)).item() == pytest.approx(ssim(x / 255, y / 255).item(),
+                                                                                   abs=1e-6)
+    assert ssim(x / 127.5 - 1, y / 127.5 - 1).item() != pytest.approx(ssim(x / 255, y / 255).item(), abs=1e-3)
+
+
+def test_ssim_window_is_the_11_pixel_gaussian_of_wang_et_al():
+    # An 11x11 image holds exactly one window position: SSIM is the Gaussian-weighted (sigma 1.5) formula over it.
+    gen = torch.Generator().manual_seed(2)
+    x, y = (torch.rand(11, 11, generator=gen, dtype=torch.float64) for _ in range(2))
+    g = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5 ** 2))
+    w = torch.outer(g, g) / g.sum() ** 2
+    mx, my = (w * x).sum(), (w * y).sum()
+    vx, vy, cov = (w * x * x).sum() - mx ** 2, (w * y * y).sum() - my ** 2, (w * x * y).sum() - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    expected = (2 * mx * my + c1) * (2 * cov + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    assert ssim(x[None], y[None]).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert (SSIM_WINDOW, SSIM_SIGMA) == (11, 1.5)
 
 
 def test_si_snr_is_scale_invariant_and_matches_definition():
     torch.manual_seed(1)
-    ref = torch.randn(3, 1000)
+    target = torch.randn(3, 1000)
     noise = 0.1 * torch.randn(3, 1000)
-    base = si_snr(ref, ref + noise)
-    torch.testing.assert_close(si_snr(ref, 5.0 * (ref + noise)), base, rtol=1e-4, atol=1e-4)
+    base = si_snr(target + noise, target)
+    torch.testing.assert_close(si_snr(5.0 * (target + noise), target), base, rtol=1e-4, atol=1e-4)
     assert (base > 15).all() and (base < 25).all()  # ~20 dB for noise at 1/10 of the amplitude
+    assert (si_snr(target, target) > 60).all()
+    assert si_snr(target[:, None], target[:, None]).shape == (3, 1)   # [B, 1, N] audio: one value per clip
+
+
+def test_si_snr_argument_order_is_estimate_then_target():
+    # SI-SNR depends only on the angle between the two signals, except where eps matters: eps regularises the
+    # target's energy. Against a near-silent target (energy 1e-7, ten times eps) the estimate's projection is
+    # shrunk by 1 / (1 + eps / 1e-7), a residual of 1/11: 20 dB. With the roles swapped the quiet signal is the
+    # estimate, whose residual is ~0 and floored by eps: 10 log10(1e-7 / 1e-8) = 10 dB.
+    loud = torch.ones(1000)
+    loud[::2] = -1.0                                                       # zero mean, energy 1000
+    quiet = 1e-5 * loud                                                    # energy 1e-7
+    assert si_snr(loud, quiet).item() == pytest.approx(20.0, abs=0.01)
+    assert si_snr(quiet, loud).item() == pytest.approx(10.0, abs=0.01)
 
 
 def test_retrieval_metrics_ranks():

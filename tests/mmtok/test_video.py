@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
 from mmtok.interface import ModalityTokenizer, code_spec
+from mmtok.metrics import psnr
 from mmtok.video import PRESETS, VideoTokenizer, VideoTokenizerConfig
 from mmtok.video.losses import reconstruction_loss
 from mmtok.vocab import CodeSpec, UnifiedVocabulary
@@ -301,11 +302,6 @@ def test_forward_returns_losses_and_gradients_reach_the_encoder():
     assert model.decoder.conv_out.conv.weight.grad.abs().sum() > 0
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a.float() - b.float()) / 2).pow(2).mean()
-    return float(10 * torch.log10(1 / mse))
-
-
 @pytest.mark.parametrize("name", ["lfq", "fsq"])
 def test_debug_model_overfits_one_clip(name):
     torch.manual_seed(0)
@@ -314,7 +310,7 @@ def test_debug_model_overfits_one_clip(name):
     target = model.preprocess(video)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.eval()
-    start = psnr(model.decode(model.encode(video)), target)
+    start = float(psnr(model.decode(model.encode(video)), target, (-1.0, 1.0)))
     model.train()
     for _ in range(150):
         out = model(video)
@@ -323,7 +319,7 @@ def test_debug_model_overfits_one_clip(name):
         loss.backward()
         opt.step()
     model.eval()
-    end = psnr(model.decode(model.encode(video)), target)
+    end = float(psnr(model.decode(model.encode(video)), target, (-1.0, 1.0)))
     assert end > 22.0 and end > start + 12, (start, end)
 
 
