@@ -43,7 +43,9 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from lm import MMLMConfig, MMLMForCausalLM  # noqa: E402
 from lm.modeling_mmlm import video_positions  # noqa: E402
+from mmtok.data.loader import collate_examples  # noqa: E402
 from mmtok.io import atomic_output, atomic_write, progress_enabled  # noqa: E402
+from mmtok.sequence import TaskExample, build_example  # noqa: E402
 from recipes.common import (  # noqa: E402
     RunLogger,
     build_arg_parser,
@@ -145,29 +147,13 @@ class PretrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------------ data
-def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Right-pad a list of ``{input_ids [L], loss_mask [L], prefix_len, task}`` into a batch.
-
-    Padding at the end keeps causal attention of the real tokens unchanged, so no attention mask is needed.
-    """
-    length = max(int(e["input_ids"].numel()) for e in examples)
-    ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), length), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = int(e["input_ids"].numel())
-        ids[i, :n] = e["input_ids"]
-        mask[i, :n] = e["loss_mask"].long()
-    return {"input_ids": ids, "loss_mask": mask,
-            "prefix_len": torch.tensor([int(e["prefix_len"]) for e in examples], dtype=torch.long),
-            "task": [e["task"] for e in examples]}
-
-
 class SyntheticTokenData:
     """Task-mixture batches of synthetic token sequences, a deterministic function of (seed, step, rank).
 
-    Stand-in for the token-shard loader (``mmtok.data.loader``): same batch format (``input_ids``, ``loss_mask``,
-    ``prefix_len``, ``task``), same determinism contract. Codes are random but structured (each video frame shifts
-    the previous one, audio follows video, text names a "class"), so a model can learn and the loss falls.
+    Stand-in for the token-shard loader (``mmtok.data.loader``): the same batches (its
+    :func:`~mmtok.data.loader.collate_examples`), the same determinism contract. Codes are random but structured
+    (each video frame shifts the previous one, audio follows video, text names a "class"), so a model can learn and
+    the loss falls.
 
     Sample ``j`` of the training stream is example ``perm_epoch[j % N]`` with ``epoch = j // N``; optimizer step
     ``s`` of a run with ``W`` processes, ``A`` accumulation steps and per-process batch ``b`` takes samples
@@ -176,9 +162,6 @@ class SyntheticTokenData:
     """
 
     def __init__(self, cfg: DataConfig, vocab: Any, seed: int, rank: int, world: int, grad_accum: int):
-        from mmtok.sequence import build_example
-
-        self._build_example = build_example
         self.cfg, self.vocab, self.seed = cfg, vocab, seed
         self.rank, self.world, self.accum = rank, world, grad_accum
         if any(w < 0 for w in cfg.tasks.values()) or sum(cfg.tasks.values()) <= 0:
@@ -187,9 +170,9 @@ class SyntheticTokenData:
         weights = torch.tensor([float(cfg.tasks[t]) for t in self.tasks])
         self.task_probs = (weights / weights.sum()).tolist()
         self.num_examples = cfg.synthetic.num_examples
-        self._cache: dict[tuple[str, int], dict[str, Any]] = {}
+        self._cache: dict[tuple[str, int], TaskExample] = {}
 
-    def _example(self, split: str, index: int, task: str | None = None) -> dict[str, Any]:
+    def _example(self, split: str, index: int, task: str | None = None) -> TaskExample:
         key = (split if task is None else f"{split}/{task}", index)
         if key not in self._cache:
             s = self.cfg.synthetic
@@ -203,15 +186,14 @@ class SyntheticTokenData:
             frames = torch.arange(s.audio_frames)
             audio = torch.stack([(frames * (cls + 1) + lvl * 5 + cls) % s.audio_codebook
                                  for lvl in range(s.audio_levels)]).long()
-            ex = self._build_example(task, self.vocab, text=text, video=video, audio=audio,
-                                     cond_dropout=self.cfg.cond_dropout if split == "train" else 0.0, rng=rng)
+            ex = build_example(task, self.vocab, text=text, video=video, audio=audio,
+                               cond_dropout=self.cfg.cond_dropout if split == "train" else 0.0, rng=rng)
             if len(ex) > self.cfg.max_len:
                 raise ValueError(f"a {task} example has {len(ex)} tokens > data.max_len={self.cfg.max_len}")
-            self._cache[key] = {"input_ids": ex.input_ids, "loss_mask": ex.loss_mask,
-                                "prefix_len": ex.prefix_len, "task": task}
+            self._cache[key] = ex
         return self._cache[key]
 
-    def _train_sample(self, j: int) -> dict[str, Any]:
+    def _train_sample(self, j: int) -> TaskExample:
         epoch, pos = divmod(j, self.num_examples)
         perm = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
         return self._example("train", int(perm[pos]))
@@ -223,7 +205,7 @@ class SyntheticTokenData:
         out = []
         for m in range(self.accum):
             first = start + (m * self.world + self.rank) * b
-            out.append(collate([self._train_sample(first + i) for i in range(b)], self.vocab.pad_id))
+            out.append(collate_examples([self._train_sample(first + i) for i in range(b)], self.vocab.pad_id))
         _, h, w = self.cfg.synthetic.video_shape
         return frame_weighted(out, self.cfg, self.vocab, h * w)
 
@@ -235,8 +217,8 @@ class SyntheticTokenData:
             out[task] = []
             for k in range(self.cfg.eval_batches):
                 first = (k * self.world + self.rank) * b
-                out[task].append(collate([self._example("eval", first + i, task) for i in range(b)],
-                                         self.vocab.pad_id))
+                out[task].append(collate_examples([self._example("eval", first + i, task) for i in range(b)],
+                                                  self.vocab.pad_id))
         return out
 
 
