@@ -20,7 +20,7 @@ surface at run time.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -92,6 +92,21 @@ def code_spec(tokenizer: ModalityTokenizer) -> CodeSpec:
                         f"missing {', '.join(missing)}")
     return CodeSpec(tokenizer.modality, int(tokenizer.codebook_size), int(tokenizer.num_codebooks),
                     getattr(tokenizer, "content_digest", None))
+
+
+def check_codes(codes: Any, layout: Sequence[str], codebook_size: int, max_levels: int | None = None) -> None:
+    """Raise unless ``codes`` is what a tokenizer's ``decode`` takes: an integer tensor with one dimension per name in
+    ``layout`` (e.g. ``("B", "n_q", "F")``) and ids in ``[0, codebook_size)``; with ``max_levels``, dimension 1 (the
+    codebooks) must count 1 to ``max_levels``. ``TypeError`` for a non-integer tensor, ``ValueError`` otherwise;
+    the messages name the expected layout."""
+    shape = f"[{', '.join(layout)}]"
+    if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype == torch.bool:
+        raise TypeError(f"codes must be an integer tensor {shape}, got {getattr(codes, 'dtype', type(codes).__name__)}")
+    if codes.dim() != len(layout) or (max_levels is not None and not 1 <= codes.shape[1] <= max_levels):
+        levels = f" with 1 <= {layout[1]} <= {max_levels}" if max_levels is not None else ""
+        raise ValueError(f"codes must be {shape}{levels}, got shape {tuple(codes.shape)}")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= codebook_size):
+        raise ValueError(f"codes must lie in [0, {codebook_size}), got range [{int(codes.min())}, {int(codes.max())}]")
 
 
 def require_finite(x: torch.Tensor, what: str) -> None:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from mmtok.audio.modeling_audio import AudioTokenizer
+from mmtok.interface import check_codes
 
 
 class EncodecAudioTokenizer(nn.Module):
@@ -167,14 +168,7 @@ class EncodecAudioTokenizer(nn.Module):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
         """Codes ``[B, n_q, F]`` -> waveform ``[B, C, F * hop]`` clamped to [-1, 1]."""
-        if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype == torch.bool:
-            raise TypeError(f"codes must be an integer tensor [B, n_q, F], got {getattr(codes, 'dtype', type(codes))}")
-        if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.num_codebooks:
-            raise ValueError(f"codes must be [B, n_q, F] with 1 <= n_q <= {self.num_codebooks}, "
-                             f"got shape {tuple(codes.shape)}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got range "
-                             f"[{int(codes.min())}, {int(codes.max())}]")
+        check_codes(codes, ("B", "n_q", "F"), self.codebook_size, max_levels=self.num_codebooks)
         codes = codes.to(next(self.model.parameters()).device).long()
         emb = self.model.quantizer.decode(codes.transpose(0, 1))                 # [B, D, F]
         wav = self.model.decoder(emb)                                            # [B, C, F * hop]

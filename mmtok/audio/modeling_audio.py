@@ -49,7 +49,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from mmtok.audio.configuration_audio import AudioTokenizerConfig
-from mmtok.interface import require_finite
+from mmtok.interface import check_codes, require_finite
 from mmtok.pretrained import StrictLoadingMixin
 from mmtok.quantizers import ResidualVQ
 from mmtok.quantizers.vq import VectorQuantizer
@@ -564,17 +564,6 @@ class AudioTokenizer(StrictLoadingMixin, PreTrainedModel):
             raise ValueError(f"num_quantizers must be in [1, {self.num_quantizers}], got {num_quantizers}")
         return num_quantizers
 
-    def _check_codes(self, codes: torch.Tensor) -> None:
-        if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype == torch.bool:
-            raise TypeError(f"codes must be an integer tensor [B, n_q, F], got "
-                            f"{getattr(codes, 'dtype', type(codes).__name__)}")
-        if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.num_quantizers:
-            raise ValueError(f"codes must be [B, n_q, F] with 1 <= n_q <= {self.num_quantizers}, got shape "
-                             f"{tuple(codes.shape)}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got range "
-                             f"[{int(codes.min())}, {int(codes.max())}]")
-
     # ------------------------------------------------------------------------------------------ forward passes
     def forward(self, wav: torch.Tensor, num_quantizers: int | None = None,
                 return_dict: bool = True) -> AudioTokenizerOutput:
@@ -596,7 +585,7 @@ class AudioTokenizer(StrictLoadingMixin, PreTrainedModel):
 
     def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         # codes: [B, n_q, F] -> latent [B, D, F]
-        self._check_codes(codes)
+        check_codes(codes, ("B", "n_q", "F"), self.codebook_size, max_levels=self.num_quantizers)
         z = self.quantizer.indices_to_codes(codes.to(self.device).transpose(1, 2))
         return z.transpose(1, 2).to(self.dtype)
 

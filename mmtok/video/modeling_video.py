@@ -49,7 +49,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from mmtok.frames import from_uint8, to_uint8
-from mmtok.interface import require_finite
+from mmtok.interface import check_codes, require_finite
 from mmtok.pretrained import StrictLoadingMixin
 from mmtok.quantizers import FSQ, LFQ
 from mmtok.video.configuration_video import VideoTokenizerConfig
@@ -485,16 +485,6 @@ class VideoTokenizer(StrictLoadingMixin, PreTrainedModel):
         self._check_size(t, h, w)
         return x
 
-    def _check_codes(self, codes: torch.Tensor) -> None:
-        if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype == torch.bool:
-            raise TypeError(f"codes must be an integer tensor [B, T', H', W'], got "
-                            f"{getattr(codes, 'dtype', type(codes).__name__)}")
-        if codes.dim() != 4:
-            raise ValueError(f"codes must be [B, T', H', W'], got shape {tuple(codes.shape)}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got range "
-                             f"[{int(codes.min())}, {int(codes.max())}]")
-
     # ------------------------------------------------------------------------------------------ forward passes
     def forward(self, video: torch.Tensor, pad: bool = False, return_dict: bool = True) -> VideoTokenizerOutput:
         """Encode, quantize (straight-through) and decode: the training pass."""
@@ -519,7 +509,7 @@ class VideoTokenizer(StrictLoadingMixin, PreTrainedModel):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``[B, T', H', W']`` -> video ``[B, 3, T, H, W]`` in [-1, 1] with ``T = 1 + f*(T'-1)``."""
-        self._check_codes(codes)
+        check_codes(codes, ("B", "T'", "H'", "W'"), self.codebook_size)
         zq = self.quantizer.indices_to_codes(codes.to(self.device)).permute(0, 4, 1, 2, 3)  # [B, d, T', H', W']
         return self.decoder(zq.to(self.dtype)).clamp(-1.0, 1.0)
 
