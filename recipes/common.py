@@ -87,6 +87,24 @@ def dump_config(cfg: Any, run_dir: str | os.PathLike, name: str = "config.yaml")
     return path
 
 
+# --------------------------------------------------------------------------------------------------- LR schedule
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float, peak: float = 1.0) -> float:
+    """The learning-rate schedule of every trainer, at optimizer step ``step`` (counted from 0): a linear warm-up
+    ``peak * (step + 1) / warmup_steps`` over the first ``warmup_steps`` steps, then a half cosine from ``peak`` down
+    to ``peak * min_ratio`` at ``total_steps``, and ``peak * min_ratio`` after that.
+
+    ``peak=1`` gives the factor ``torch.optim.lr_scheduler.LambdaLR`` multiplies the base learning rate by (the LM
+    and audio trainers; the scheduler's state is the step, so a checkpoint restores it); the video trainer passes its
+    learning rate and sets the result by hand each step. transformers' ``get_cosine_with_min_lr_schedule_with_warmup``
+    has the same shape but other numbers: its warm-up starts at 0 (``step / warmup_steps``, so the first step does
+    not train) and its cosine turns back up after ``total_steps``.
+    """
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 # ---------------------------------------------------------------------------------------------------- checkpoints
 def checkpoint_root(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR

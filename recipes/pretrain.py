@@ -23,7 +23,6 @@ through :func:`build_data_source`, the one place to swap the data in.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import sys
@@ -55,6 +54,7 @@ from recipes.common import (  # noqa: E402
     load_checkpoint,
     load_config,
     save_checkpoint,
+    warmup_cosine,
 )
 
 
@@ -322,16 +322,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_lambda(cfg: TrainConfig):
-    """Linear warmup to 1, then cosine to ``min_lr_ratio`` at ``steps``."""
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
-
-
 def resolve_mixed_precision(choice: str) -> str | None:
     if choice != "auto":
         return choice
@@ -512,7 +502,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # The scheduler is stepped by hand once per optimizer step (not through prepare, which would step it once per
     # process) and checkpointed with the rest.
     # Its state travels as JSON in trainer_state.json (registering it with accelerate would pickle it).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
+        step, warmup_steps=tc.warmup_steps, total_steps=tc.steps, min_ratio=tc.min_lr_ratio))
 
     start_step = 0
     if args.resume:

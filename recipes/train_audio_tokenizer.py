@@ -21,7 +21,6 @@ The run folder gets the resolved ``config.yaml``, ``metrics.jsonl`` + TensorBoar
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ if __package__ in (None, ""):  # `python recipes/train_audio_tokenizer.py` from 
 from mmtok.io import atomic_write, progress_enabled  # noqa: E402
 from recipes.common import (  # noqa: E402
     ModelEMA, RunLogger, build_arg_parser, cpu_accelerator_kwargs, dump_config, load_checkpoint, load_config,
-    save_checkpoint,
+    save_checkpoint, warmup_cosine,
 )
 
 
@@ -74,6 +73,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     warmup_steps: int = 50
+    min_lr_ratio: float = 0.1               # cosine decay to lr * min_lr_ratio
     seed: int = 0
     num_threads: int = 0                    # torch intra-op threads (0 = torch's default)
     log_every: int = 10
@@ -204,14 +204,6 @@ def build_model(cfg: ModelConfig):
     return AudioTokenizer.from_preset(cfg.preset, **dict(cfg.overrides))
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup then cosine decay to 10%."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_arg_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     cfg: AudioTokenizerTrainConfig = load_config(AudioTokenizerTrainConfig, args.config, args.overrides)
@@ -261,7 +253,9 @@ def train(cfg: AudioTokenizerTrainConfig, resume: bool = False, allow_inexact_re
     mel_loss = MultiScaleMelLoss(sr, scales=cfg.loss.mel_scales, log_weight=cfg.loss.mel_log)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                             weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.train))
+    tc = cfg.train
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(
+        step, warmup_steps=tc.warmup_steps, total_steps=tc.steps, min_ratio=tc.min_lr_ratio))
     if disc is not None:
         opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.loss.disc_lr, betas=tuple(cfg.train.betas))
         model, disc, opt, opt_d, sched = accelerator.prepare(model, disc, opt, opt_d, sched)

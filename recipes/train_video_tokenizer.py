@@ -29,7 +29,6 @@ exactly (on CPU, a resumed run's losses equal an uninterrupted run's). The run f
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +53,7 @@ from mmtok.video.losses import (  # noqa: E402
     LeCamEMA, PerceptualLoss, VideoDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, reconstruction_loss)
 from recipes.common import (  # noqa: E402
     ModelEMA, RunLogger, build_arg_parser, cpu_accelerator_kwargs, dump_config, load_checkpoint, load_config,
-    save_checkpoint)
+    save_checkpoint, warmup_cosine)
 
 
 # ------------------------------------------------------------------------------------------------------------ config
@@ -306,14 +305,6 @@ def mean_clip_psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
 
 
 # -------------------------------------------------------------------------------------------------------------- loop
-def lr_at(step: int, tc: TrainConfig) -> float:
-    """Linear warmup then cosine decay to ``lr * min_lr_ratio``."""
-    if step < tc.warmup_steps:
-        return tc.lr * (step + 1) / tc.warmup_steps
-    progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
-    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_arg_parser(__doc__.split("\n")[0]).parse_args(argv)
     cfg: TrainVideoTokenizerConfig = load_config(TrainVideoTokenizerConfig, args.config, args.overrides)
@@ -404,7 +395,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                disable=not (progress_enabled() and accelerator.is_main_process))
     last: dict[str, Any] = {}
     while step < tc.steps:
-        lr = lr_at(step, tc)
+        lr = warmup_cosine(step, warmup_steps=tc.warmup_steps, total_steps=tc.steps, min_ratio=tc.min_lr_ratio,
+                           peak=tc.lr)
         for group in opt_g.param_groups:
             group["lr"] = lr
         image_step = cfg.data.image_batch_size > 0 and step % cfg.data.image_every == cfg.data.image_every - 1

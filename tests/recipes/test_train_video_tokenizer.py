@@ -15,7 +15,7 @@ from transformers import AutoModel
 import mmtok.video  # noqa: F401  (registers the AutoModel class)
 from mmtok.video import VideoTokenizer
 from recipes.common import read_metrics
-from recipes.train_video_tokenizer import RandomClips, DataConfig, find_records, lr_at, TrainConfig, main
+from recipes.train_video_tokenizer import RandomClips, DataConfig, find_records, main
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
@@ -85,13 +85,6 @@ def test_folder_records_include_images(media):
     assert [e["id"] for e in data.report.entries] == ["broken"]
     short = RandomClips(records, DataConfig(source=str(media), num_frames=9, size=16, crop_frames=5), seed=0)
     assert short.batch(0, 3).shape == (3, 5, 16, 16, 3)
-
-
-def test_lr_schedule():
-    tc = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
-    assert lr_at(0, tc) == pytest.approx(0.1)
-    assert lr_at(10, tc) == pytest.approx(1.0)
-    assert lr_at(100, tc) == pytest.approx(0.1)
 
 
 def test_recipe_trains_exports_and_resumes_exactly(media, tmp_path):
