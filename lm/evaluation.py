@@ -38,7 +38,7 @@ from mmtok.frames import from_uint8, to_uint8
 from mmtok.metrics import mean_interval, psnr, si_snr, ssim, wilson_interval
 from mmtok.probes import MovingDigitsProbe, centroid_track, click_f1
 
-__all__ = ["Clip", "Metric", "load_clips", "make_probe", "score_t2v", "score_v2a", "score_continuation",
+__all__ = ["LabeledClip", "Metric", "load_clips", "make_probe", "score_t2v", "score_v2a", "score_continuation",
            "copy_last_frame", "trajectory_error", "tokenizer_reconstruction", "lm_task_losses", "alignment_metrics",
            "format_interval", "format_value", "metrics_table"]
 
@@ -89,8 +89,12 @@ def _finite_or_none(v: float) -> float | None:
 
 
 @dataclass
-class Clip:
-    """A corpus clip: ``frames`` uint8 ``[T, H, W, 3]``, ``audio`` float32 ``[N]``, its caption and ground truth."""
+class LabeledClip:
+    """A Moving-Digits evaluation clip with its labels: ``frames`` uint8 ``[T, H, W, 3]``, ``audio`` float32 ``[N]``,
+    its caption and its ground truth (digit, colour, motion, pitch, clicks; see
+    :func:`mmtok.data.moving_digits.load_ground_truth`).
+
+    Not :class:`mmtok.data.ingest.Clip`, a decoded record of any corpus, which has no ground truth."""
 
     id: str
     caption: str
@@ -116,7 +120,7 @@ def corpus_settings(corpus_dir: str | Path) -> dict[str, Any]:
 
 
 def load_clips(corpus_dir: str | Path, *, split: str = "test", limit: int | None = None,
-               held_out: bool | None = None, num_frames: int | None = None) -> list[Clip]:
+               held_out: bool | None = None, num_frames: int | None = None) -> list[LabeledClip]:
     """The first ``limit`` clips of ``split`` (optionally only held-out / only seen combinations), decoded.
 
     Frames are read at the corpus' fps (``num_frames`` of them, default the corpus'), audio at its sample rate,
@@ -129,7 +133,7 @@ def load_clips(corpus_dir: str | Path, *, split: str = "test", limit: int | None
     truth = load_ground_truth(corpus_dir)
     fps, sr = float(settings["fps"]), int(settings["sample_rate"])
     frames_n = int(num_frames or settings["num_frames"])
-    clips: list[Clip] = []
+    clips: list[LabeledClip] = []
     with open(corpus_dir / "manifest.jsonl") as f:
         records = [json.loads(line) for line in f if line.strip()]
     for rec in records:
@@ -143,7 +147,7 @@ def load_clips(corpus_dir: str | Path, *, split: str = "test", limit: int | None
         samples = round(frames_n / fps * sr)
         wave = read_audio(path, sample_rate=sr, mono=True)
         wave = np.pad(wave, (0, max(0, samples - len(wave))))[:samples].astype(np.float32)
-        clips.append(Clip(rec["id"], rec["caption"], frames, wave, gt, path))
+        clips.append(LabeledClip(rec["id"], rec["caption"], frames, wave, gt, path))
         if limit is not None and len(clips) >= limit:
             break
     return clips
@@ -297,7 +301,7 @@ RECON_PREFIX = "tokenizer_recon"   # the probes' metrics on tokenizer reconstruc
 
 
 @torch.no_grad()
-def tokenizer_reconstruction(bundle: Any, clips: Sequence[Clip], *, batch_size: int = 4,
+def tokenizer_reconstruction(bundle: Any, clips: Sequence[LabeledClip], *, batch_size: int = 4,
                              probe: MovingDigitsProbe | None = None) -> list[Metric]:
     """Video PSNR / SSIM and audio SI-SNR of the bundle's tokenizers on ``clips`` (audio at the LM's RVQ levels).
 

@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lm.evaluation import (  # noqa: E402
-    Clip, Metric, alignment_metrics, corpus_settings, load_clips, lm_task_losses, make_probe, metrics_table,
+    LabeledClip, Metric, alignment_metrics, corpus_settings, load_clips, lm_task_losses, make_probe, metrics_table,
     score_continuation,
     score_t2v, score_v2a, tokenizer_reconstruction,
 )
@@ -138,7 +138,7 @@ def _sampling_kwargs(cfg: EvalConfig, offset: int, task: str = "") -> dict[str, 
                 seed=None if s.seed is None else s.seed + offset)
 
 
-def generate_t2v(gen: Any, clips: Sequence[Clip], cfg: EvalConfig, num_frames: int) -> list[np.ndarray]:
+def generate_t2v(gen: Any, clips: Sequence[LabeledClip], cfg: EvalConfig, num_frames: int) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     for k, batch in enumerate(_batches(clips, cfg.batch_size)):
         result = gen.text_to_video([c.caption for c in batch], num_frames=num_frames,
@@ -147,7 +147,7 @@ def generate_t2v(gen: Any, clips: Sequence[Clip], cfg: EvalConfig, num_frames: i
     return out
 
 
-def generate_v2a(gen: Any, clips: Sequence[Clip], cfg: EvalConfig) -> list[np.ndarray]:
+def generate_v2a(gen: Any, clips: Sequence[LabeledClip], cfg: EvalConfig) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     for k, batch in enumerate(_batches(clips, cfg.batch_size)):
         result = gen.video_to_audio([torch.from_numpy(c.frames) for c in batch], progress=progress_enabled(),
@@ -156,7 +156,7 @@ def generate_v2a(gen: Any, clips: Sequence[Clip], cfg: EvalConfig) -> list[np.nd
     return out
 
 
-def generate_continuation(gen: Any, clips: Sequence[Clip], cfg: EvalConfig) -> list[np.ndarray]:
+def generate_continuation(gen: Any, clips: Sequence[LabeledClip], cfg: EvalConfig) -> list[np.ndarray]:
     """Whole continued clips (decoded context + new frames), uint8 ``[T, H, W, 3]`` each."""
     out: list[np.ndarray] = []
     for k, batch in enumerate(_batches(clips, cfg.batch_size)):
@@ -205,7 +205,7 @@ def run(cfg: EvalConfig, force: bool = False) -> dict[str, Any]:
     timings: dict[str, float] = {}
     n_media = max(0, int(cfg.media_samples))
 
-    def gt_media(c: Clip) -> dict[str, str]:
+    def gt_media(c: LabeledClip) -> dict[str, str]:
         return {"truth_gif": _write_clip(samples_dir / f"gt_{c.id}.gif", c.frames, fps),
                 "truth_mp4": _write_clip(samples_dir / f"gt_{c.id}.mp4", c.frames, fps, c.audio, sr)}
 
