@@ -447,7 +447,7 @@ def _atomic_container(path: Path, **open_kwargs: Any) -> Iterator[Any]:
 
 def _as_frames(frames: Any) -> np.ndarray:
     """uint8 ``[T, H, W, 3]`` from uint8 frames or a float clip ``[3, T, H, W]`` in [-1, 1] (NumPy or torch)."""
-    frames = to_uint8(frames if hasattr(frames, "detach") else np.asarray(frames)).numpy()
+    frames = np.ascontiguousarray(to_uint8(frames if hasattr(frames, "detach") else np.asarray(frames)).numpy())
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [T, H, W, 3] RGB, got shape {tuple(frames.shape)}")
     if frames.shape[0] == 0:
@@ -562,12 +562,10 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float, *, audio: Any 
 
 
 def write_gif(path: str | os.PathLike, frames: Any, fps: float) -> Path:
-    """Write uint8 ``[T, H, W, 3]`` frames as a looping GIF with PyAV (FFmpeg's GIF encoder, ``rgb8`` palette),
-    atomically."""
+    """Write frames (uint8 ``[T, H, W, 3]`` or a float clip ``[3, T, H, W]`` in [-1, 1], as :func:`write_video`) as a
+    looping GIF with PyAV (FFmpeg's GIF encoder, ``rgb8`` palette), atomically."""
     path = Path(path)
-    frames = np.ascontiguousarray(np.asarray(frames, dtype=np.uint8))
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 [T, H, W, 3], got shape {frames.shape}")
+    frames = _as_frames(frames)
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
     with _atomic_container(path, format="gif") as container:
