@@ -250,4 +250,3 @@ def _read_lines(path: Path) -> Iterator[str]:
             yield from f
     except UnicodeDecodeError as e:
         raise ValueError(f"training text file {path} is not UTF-8: {e}") from e
-

@@ -384,7 +384,7 @@ class Demo:
                              "budget_minutes": self.cfg.budget_minutes.get(stage)}
             atomic_write(record_path, json.dumps(record, indent=1))
             atomic_write(self.marker(stage), json.dumps({"stage": stage, "seconds": seconds,
-                                                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+                                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))
             print(f"==> {stage}: {seconds} s", flush=True)
         atomic_write(record_path, json.dumps(record, indent=1))
         print(f"demo: {round(time.time() - total, 1)} s; page: {self.paths.page}", flush=True)

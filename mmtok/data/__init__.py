@@ -1,8 +1,9 @@
 """Data for mmtok: media decoding (PyAV), the Moving-Digits corpus, ingestion of manifests and folders, token shards
 and the training-side loader.
 
-Light imports only here (NumPy, PyAV); :mod:`mmtok.data.shards` and :mod:`mmtok.data.loader` (torch, datasets)
-and :mod:`mmtok.data.moving_digits` are imported on their own.
+Light imports only here (NumPy, PyAV, and torch for :mod:`mmtok.frames`, which importing :mod:`mmtok` loads anyway);
+:mod:`mmtok.data.shards` and :mod:`mmtok.data.loader` (datasets) and :mod:`mmtok.data.moving_digits` are imported on
+their own.
 """
 
 from mmtok.data.ingest import (
