@@ -254,13 +254,15 @@ def train(cfg: AudioTokenizerTrainConfig, resume: bool = False, allow_inexact_re
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                             weight_decay=cfg.train.weight_decay)
     tc = cfg.train
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(
-        step, warmup_steps=tc.warmup_steps, total_steps=tc.steps, min_ratio=tc.min_lr_ratio))
     if disc is not None:
         opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.loss.disc_lr, betas=tuple(cfg.train.betas))
-        model, disc, opt, opt_d, sched = accelerator.prepare(model, disc, opt, opt_d, sched)
+        model, disc, opt, opt_d = accelerator.prepare(model, disc, opt, opt_d)
     else:
-        model, opt, sched = accelerator.prepare(model, opt, sched)
+        model, opt = accelerator.prepare(model, opt)
+    # Stepped by hand once per optimizer step: through prepare it would step once per process. The schedule is a
+    # pure function of the step, so resume restores it from the step (the optimizer state holds the current lr).
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(
+        step, warmup_steps=tc.warmup_steps, total_steps=tc.steps, min_ratio=tc.min_lr_ratio))
     raw = accelerator.unwrap_model(model)
     ema = ModelEMA(raw, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     extra = {"ema": ema} if ema is not None else None
@@ -272,6 +274,7 @@ def train(cfg: AudioTokenizerTrainConfig, resume: bool = False, allow_inexact_re
             accelerator.print(f"--resume: no checkpoint in {run}, starting from scratch")
         else:
             step = int(state["step"])
+            sched.load_state_dict({**sched.state_dict(), "last_epoch": step, "_step_count": step + 1})
             accelerator.print(f"resumed from step {step}")
     if accelerator.is_main_process:
         dump_config(cfg, run)

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from mmtok.data.media import write_audio, write_video
-from recipes.common import read_metrics
+from omegaconf import OmegaConf
+
+from recipes.common import read_metrics, warmup_cosine
 from recipes.train_audio_tokenizer import main as train_main
 
 CONFIG = "recipes/configs/audio_tokenizer_debug.yaml"
@@ -79,6 +81,14 @@ def test_resume_continues_exactly_and_loss_falls(tmp_path, audio_dir):
     assert sorted(cut) == sorted(full) == list(range(2, 13, 2))
     for step in full:
         assert cut[step] == pytest.approx(full[step], rel=1e-6, abs=1e-7), step
+    # the schedule advances once per optimizer step, before and after the resume
+    cfg = OmegaConf.load(CONFIG).train
+    logged = [r for r in read_metrics(tmp_path / "cut") if "lr" in r]
+    assert [r["step"] for r in logged] == list(range(2, 13, 2))
+    for r in logged:
+        expect = cfg.lr * warmup_cosine(r["step"], warmup_steps=cfg.warmup_steps, total_steps=12,
+                                        min_ratio=cfg.get("min_lr_ratio", 0.1))
+        assert r["lr"] == pytest.approx(expect, rel=1e-6), r["step"]
     assert full[12] < full[2]
 
 
