@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,13 +30,12 @@ from pathlib import Path
 os.environ.setdefault("MMTOK_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from mmtok.data.ingest import ClipConfig, iter_clips, load_clip, read_manifest  # noqa: E402
-from mmtok.data.moving_digits import generate_corpus  # noqa: E402
+from mmtok.data.ingest import ClipConfig, iter_clips, load_clip, read_manifest
+from mmtok.data.moving_digits import generate_corpus
 
 
 def cpu_seconds() -> float:

@@ -24,15 +24,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lm import MMLMConfig, MMLMForCausalLM  # noqa: E402
+from lm import MMLMConfig, MMLMForCausalLM
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lm.json"
 

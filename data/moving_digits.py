@@ -7,13 +7,10 @@ manifest and ground-truth fields, and the determinism guarantees).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from mmtok.data.moving_digits import generate_corpus  # noqa: E402
+from mmtok.data.moving_digits import generate_corpus
 
 
 def main(argv: list[str] | None = None) -> Path:

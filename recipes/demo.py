@@ -45,11 +45,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # `python recipes/demo.py`: make the checkout importable
-    sys.path.insert(0, str(REPO))
 
-from mmtok.io import atomic_output, atomic_write  # noqa: E402
-from recipes.common import build_arg_parser, load_config  # noqa: E402
+from mmtok.io import atomic_output, atomic_write
+from recipes.common import build_arg_parser, load_config
 
 STAGES = ("corpus", "text_tokenizer", "video_tokenizer", "audio_tokenizer", "bundle", "tokenize", "pretrain",
           "generate", "evaluate", "page")

@@ -22,12 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lm.evaluation import format_interval, format_value  # noqa: E402
-from mmtok.io import atomic_output, atomic_write  # noqa: E402
-from recipes.common import read_metrics  # noqa: E402
+from lm.evaluation import format_interval, format_value
+from mmtok.io import atomic_output, atomic_write
+from recipes.common import read_metrics
 
 RUNS = (("video_tokenizer", "Video tokenizer"), ("audio_tokenizer", "Audio tokenizer"), ("lm", "Token LM"))
 _CURVE_HINTS = ("loss", "psnr", "si_snr", "nll", "perplexity", "utilization")

@@ -13,77 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
-from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
-if __package__ in (None, ""):  # `python recipes/eval_audio_tokenizer.py` from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmtok.audio_features import MultiResolutionSTFTLoss, MultiScaleMelLoss  # noqa: E402
-from mmtok.io import atomic_write, progress_enabled  # noqa: E402
-from mmtok.metrics import si_snr  # noqa: E402
-
-
-@torch.no_grad()
-def evaluate_codec(model: Any, clips: Sequence[torch.Tensor], levels: Sequence[int] | None = None,
-                   batch_size: int = 8, progress: bool = False) -> dict[str, Any]:
-    """Reconstruction metrics of ``model`` on mono ``clips`` (each ``[N]``) at each number of RVQ levels.
-
-    Returns ``{"levels": {n_q: {"kbps", "si_snr", "mel_distance", "stft_distance"}}, "num_clips",
-    "seconds", "rtf"}``; ``rtf`` is seconds of audio per second of encode + decode at all levels (higher is faster).
-    """
-    from tqdm import tqdm
-
-    if not clips:
-        raise ValueError("no clips to evaluate")
-    levels = list(levels) if levels else list(range(1, model.num_codebooks + 1))
-    mel = MultiScaleMelLoss(model.sample_rate)
-    stft = MultiResolutionSTFTLoss(tuple(n for n in (512, 1024, 2048) if n <= min(len(c) for c in clips)) or (256,))
-    sums = {n: {"si_snr": 0.0, "mel_distance": 0.0, "stft_distance": 0.0} for n in levels}
-    total_seconds, codec_time, count = 0.0, 0.0, 0
-    batches = [clips[i:i + batch_size] for i in range(0, len(clips), batch_size)]
-    for batch in tqdm(batches, desc="eval audio", disable=not progress):
-        length = min(len(c) for c in batch)
-        wav = torch.stack([c[:length] for c in batch])[:, None].float()            # [b, 1, N]
-        start = time.perf_counter()
-        codes = model.encode(wav)                                                    # [b, n_q, F]
-        full = model.decode(codes)
-        codec_time += time.perf_counter() - start
-        total_seconds += wav.shape[0] * length / model.sample_rate
-        for n in levels:
-            recon = full if n == codes.shape[1] else model.decode(codes[:, :n])
-            recon = recon[..., :length].cpu()
-            if recon.shape[1] != 1:   # stereo codecs (EnCodec 48 kHz): compare the mono mix
-                recon = recon.mean(1, keepdim=True)
-            sums[n]["si_snr"] += float(si_snr(recon, wav).sum())
-            sums[n]["mel_distance"] += float(mel(recon, wav)) * wav.shape[0]
-            sums[n]["stft_distance"] += float(stft(recon, wav)) * wav.shape[0]
-        count += wav.shape[0]
-    per_level = {}
-    for n in levels:
-        kbps = n * torch.tensor(float(model.codebook_size)).log2().item() * model.frame_rate / 1000
-        per_level[n] = {"kbps": round(kbps, 4), **{k: v / count for k, v in sums[n].items()}}
-    return {"levels": per_level, "num_clips": count, "seconds": total_seconds,
-            "rtf": total_seconds / max(codec_time, 1e-9)}
-
-
-def format_table(result: dict[str, Any]) -> str:
-    lines = [f"{'n_q':>4} {'kbps':>7} {'SI-SNR dB':>10} {'mel dist':>9} {'STFT dist':>10}"]
-    for n, row in result["levels"].items():
-        lines.append(f"{n:>4} {row['kbps']:>7.3f} {row['si_snr']:>10.2f} {row['mel_distance']:>9.3f} "
-                     f"{row['stft_distance']:>10.3f}")
-    lines.append(f"{result['num_clips']} clips, {result['seconds']:.1f} s of audio, real-time factor "
-                 f"{result['rtf']:.1f}x (encode + decode)")
-    return "\n".join(lines)
+from mmtok.audio.evaluation import evaluate_codec, format_table
+from mmtok.data.audio_clips import AudioClips
+from mmtok.io import atomic_write, progress_enabled
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from recipes.train_audio_tokenizer import AudioClips
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="AudioTokenizer or EnCodec directory")
     parser.add_argument("--manifest", default=None, help="JSON Lines manifest with audio/video paths")

@@ -19,27 +19,23 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-if __package__ in (None, ""):  # run as a script: make the checkout importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import torch
+from tqdm import tqdm
 
-from mmtok.data.media import MediaError  # noqa: E402
-from mmtok.frames import to_uint8  # noqa: E402
-from mmtok.io import atomic_write, progress_enabled  # noqa: E402
-from mmtok.metrics import psnr, ssim  # noqa: E402
-from mmtok.video import VideoTokenizer  # noqa: E402
-from recipes.common import build_arg_parser, load_config  # noqa: E402
-from recipes.train_video_tokenizer import RandomClips, find_records, write_gif  # noqa: E402
-from recipes.train_video_tokenizer import DataConfig as _TrainData  # noqa: E402
+from mmtok.data.media import MediaError
+from mmtok.frames import to_uint8
+from mmtok.io import atomic_write, progress_enabled
+from mmtok.metrics import psnr, ssim
+from mmtok.video import VideoTokenizer
+from recipes.common import build_arg_parser, load_config
+from mmtok.data.video_clips import RandomClips, VideoClipConfig, find_records, write_comparison_gif
 
 
 @dataclass
@@ -63,8 +59,8 @@ class EvalConfig:
 
 
 def load_eval_clips(cfg: EvalConfig) -> tuple[torch.Tensor, list[dict[str, str]]]:
-    data_cfg = _TrainData(source=cfg.data.source, split=cfg.data.split, num_frames=cfg.data.num_frames,
-                          fps=cfg.data.fps, size=cfg.data.size)
+    data_cfg = VideoClipConfig(source=cfg.data.source, split=cfg.data.split, num_frames=cfg.data.num_frames,
+                               fps=cfg.data.fps, size=cfg.data.size)
     data = RandomClips(find_records(data_cfg), data_cfg, seed=0)
     clips, bad = [], []
     for i in range(len(data)):
@@ -156,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     k = min(cfg.num_side_by_side, len(clips))
-    write_gif(out / "side_by_side.gif", clips[:k], recon[:k], cfg.data.fps)
+    write_comparison_gif(out / "side_by_side.gif", clips[:k], recon[:k], cfg.data.fps)
     grid = torch.cat([torch.cat(list(clips[:k]), dim=2), torch.cat(list(recon[:k]), dim=2)], dim=1).numpy()
     write_mp4(out / "side_by_side.mp4", grid, cfg.data.fps)
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")

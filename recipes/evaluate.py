@@ -48,20 +48,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-if __package__ in (None, ""):  # `python recipes/evaluate.py`: make the checkout importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from lm.evaluation import (  # noqa: E402
+from lm.evaluation import (
     LabeledClip, Metric, alignment_metrics, corpus_settings, load_clips, lm_task_losses, make_probe, metrics_table,
     score_continuation,
     score_t2v, score_v2a, tokenizer_reconstruction,
 )
-from mmtok.data.moving_digits import held_out_caption  # noqa: E402
-from mmtok.io import atomic_write, progress_enabled  # noqa: E402
-from recipes.common import build_arg_parser, load_config  # noqa: E402
+from mmtok.data.moving_digits import held_out_caption
+from mmtok.io import atomic_write, progress_enabled
+from recipes.common import build_arg_parser, load_config
 
 DONE_FILE = "metrics.json"
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,19 +32,17 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-if __package__ in (None, ""):  # `python recipes/pretrain.py` / `accelerate launch recipes/pretrain.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import DistributedType, set_seed  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, set_seed
+from tqdm.auto import tqdm
 
-from lm import MMLMConfig, MMLMForCausalLM  # noqa: E402
-from lm.modeling_mmlm import video_positions  # noqa: E402
-from mmtok.data.loader import collate_examples  # noqa: E402
-from mmtok.io import atomic_output, atomic_write, progress_enabled  # noqa: E402
-from mmtok.sequence import TaskExample, build_example  # noqa: E402
-from recipes.common import (  # noqa: E402
+from lm import MMLMConfig, MMLMForCausalLM
+from lm.modeling_mmlm import video_positions
+from mmtok.data.loader import collate_examples
+from mmtok.io import atomic_output, atomic_write, progress_enabled
+from mmtok.sequence import TaskExample, build_example
+from recipes.common import (
     RunLogger,
     build_arg_parser,
     cpu_accelerator_kwargs,

@@ -27,23 +27,20 @@ import hashlib
 import json
 import math
 import shutil
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
-if __package__ in (None, ""):  # run as a script: make the checkout importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import datasets  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import datasets
+import torch
+from tqdm import tqdm
 
-from mmtok.data.ingest import BadFileReport, ClipConfig, ClipRecord, load_clip, load_records  # noqa: E402
-from mmtok.data.media import MediaError  # noqa: E402
-from mmtok.data.shards import (  # noqa: E402
+from mmtok.data.ingest import BadFileReport, ClipConfig, ClipRecord, load_clip, load_records
+from mmtok.data.media import MediaError
+from mmtok.data.shards import (
     BAD_FILES,
     DATASET_FILE,
     FEATURES,
@@ -53,8 +50,8 @@ from mmtok.data.shards import (  # noqa: E402
     shard_name,
     write_shard,
 )
-from mmtok.io import atomic_write, progress_enabled  # noqa: E402
-from recipes.common import build_arg_parser, dump_config, load_config  # noqa: E402
+from mmtok.io import atomic_write, progress_enabled
+from recipes.common import build_arg_parser, dump_config, load_config
 
 FORMAT_VERSION = 1
 

@@ -100,7 +100,7 @@ def test_recipe_rejects_bad_config(tmp_path):
 
 
 def test_crops_start_on_frames_when_asked(tmp_path):
-    from recipes.train_audio_tokenizer import AudioClips
+    from mmtok.data.audio_clips import AudioClips
 
     noise = np.random.default_rng(0).uniform(-0.5, 0.5, 8000).astype(np.float32)   # no two windows alike
     write_audio(tmp_path / "noise.wav", noise, 16000)

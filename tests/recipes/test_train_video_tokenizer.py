@@ -15,7 +15,8 @@ from transformers import AutoModel
 import mmtok.video  # noqa: F401  (registers the AutoModel class)
 from mmtok.video import VideoTokenizer
 from recipes.common import read_metrics
-from recipes.train_video_tokenizer import RandomClips, DataConfig, find_records, main
+from mmtok.data.video_clips import RandomClips, VideoClipConfig, find_records
+from recipes.train_video_tokenizer import main
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
@@ -71,19 +72,19 @@ def overrides(run_dir: Path, source: Path, steps: int, **extra: object) -> list[
 
 
 def test_folder_records_include_images(media):
-    records = find_records(DataConfig(source=str(media)))
+    records = find_records(VideoClipConfig(source=str(media)))
     names = sorted(r.video.name for r in records)
     assert names == ["broken.mp4", "clip0.mp4", "clip1.mp4", "clip2.mp4", "clip3.mp4", "still.png"]
-    data = RandomClips(records, DataConfig(source=str(media), num_frames=9, size=16), seed=0)
+    data = RandomClips(records, VideoClipConfig(source=str(media), num_frames=9, size=16), seed=0)
     still = data.load(names.index("still.png"), None)
     assert still.shape == (9, 16, 16, 3) and (still == still[:1]).all()
     # batches are a pure function of (seed, step), and the unreadable file is skipped and reported
     a = torch.cat([data.batch(s, 3) for s in range(4)])
-    again = RandomClips(records, DataConfig(source=str(media), num_frames=9, size=16), seed=0)
+    again = RandomClips(records, VideoClipConfig(source=str(media), num_frames=9, size=16), seed=0)
     b = torch.cat([again.batch(s, 3) for s in range(4)])
     assert a.shape == (12, 9, 16, 16, 3) and torch.equal(a, b)
     assert [e["id"] for e in data.report.entries] == ["broken"]
-    short = RandomClips(records, DataConfig(source=str(media), num_frames=9, size=16, crop_frames=5), seed=0)
+    short = RandomClips(records, VideoClipConfig(source=str(media), num_frames=9, size=16, crop_frames=5), seed=0)
     assert short.batch(0, 3).shape == (3, 5, 16, 16, 3)
 
 
