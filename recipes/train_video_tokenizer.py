@@ -99,7 +99,7 @@ class TrainConfig:
     mixed_precision: str = "no"              # no | bf16 | fp16 (accelerate)
     num_threads: Optional[int] = None        # torch threads (None: torch's default)
     log_every: int = 10
-    checkpoint_every: int = 200
+    save_every: int = 200
     sample_every: int = 200
     keep_checkpoints: int = 2
 
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             bar.set_postfix(loss=f"{last['loss']:.4f}", psnr=f"{batch_psnr:.2f}")
         if step % tc.sample_every == 0 or step == tc.steps:
             logger.log(step, {"sample_psnr": write_samples(step)})
-        if step % tc.checkpoint_every == 0 or step == tc.steps:
+        if step % tc.save_every == 0 or step == tc.steps:
             save_checkpoint(accelerator, run_dir, step, trainer_state(), keep=tc.keep_checkpoints, extra=extra)
     bar.close()
 

@@ -64,7 +64,7 @@ def overrides(run_dir: Path, source: Path, steps: int, **extra: object) -> list[
         "run_dir": str(run_dir), "data.source": str(source), "model.preset": "debug",
         "data.num_frames": 9, "data.size": 16, "data.num_samples": 2, "train.steps": steps,
         "train.batch_size": 2, "train.lr": 3e-3, "train.warmup_steps": 2, "train.log_every": 1,
-        "train.checkpoint_every": 3, "train.sample_every": 3, "train.num_threads": 1,
+        "train.save_every": 3, "train.sample_every": 3, "train.num_threads": 1,
         "loss.disc_start": 2, "disc.channels": 4, "disc.num_layers": 2,
     }
     base.update(extra)
@@ -121,7 +121,7 @@ def test_recipe_trains_exports_and_resumes_exactly(media, tmp_path):
 
 def test_recipe_loss_falls_on_a_folder(media, tmp_path):
     run = tmp_path / "run"
-    main(overrides(run, media, 40, **{"loss.disc_weight": 0.0, "train.checkpoint_every": 100,
+    main(overrides(run, media, 40, **{"loss.disc_weight": 0.0, "train.save_every": 100,
                                       "train.sample_every": 100, "train.lr": 5e-3}))
     rows = [r for r in read_metrics(run) if "rec_loss" in r]
     first = np.mean([r["rec_loss"] for r in rows[:5]])
@@ -142,7 +142,7 @@ def test_recipe_joint_image_video_steps(media, tmp_path):
 def test_same_config_same_steps_gives_the_same_codes(media, tmp_path):
     """Budgets are step counts: two runs of one config (FSQ, the decode cache on) export identical tokenizers."""
     extra = {"model.overrides": "{quantizer: fsq, fsq_levels: [5, 5, 5]}", "loss.disc_weight": 0.0,
-             "data.cache_mb": 64, "data.image_batch_size": 2, "data.image_every": 2, "train.checkpoint_every": 100,
+             "data.cache_mb": 64, "data.image_batch_size": 2, "data.image_every": 2, "train.save_every": 100,
              "train.sample_every": 100}
     video = torch.from_numpy(moving_square(5, t=9))[None]
     codes = []
