@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmtok.data.media import MediaError
+from mmtok.data.media import MediaError, write_video
 from mmtok.frames import to_uint8
 from mmtok.io import atomic_write, progress_enabled
 from mmtok.metrics import psnr, ssim
@@ -73,23 +73,6 @@ def load_eval_clips(cfg: EvalConfig) -> tuple[torch.Tensor, list[dict[str, str]]
     if not clips:
         raise ValueError(f"no readable clips in {cfg.data.source} (split {cfg.data.split!r}); {len(bad)} bad files")
     return torch.from_numpy(np.stack(clips)), bad
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
-    """uint8 ``[T, H, W, 3]`` -> H.264 MP4 (even sizes)."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=int(round(fps)))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "12"}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
 
 
 @torch.no_grad()
@@ -154,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     k = min(cfg.num_side_by_side, len(clips))
     write_comparison_gif(out / "side_by_side.gif", clips[:k], recon[:k], cfg.data.fps)
     grid = torch.cat([torch.cat(list(clips[:k]), dim=2), torch.cat(list(recon[:k]), dim=2)], dim=1).numpy()
-    write_mp4(out / "side_by_side.mp4", grid, cfg.data.fps)
+    write_video(out / "side_by_side.mp4", grid, cfg.data.fps, crf=12)
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     print(" | ".join(f"{key} {metrics[key]:.4g}" for key in
                      ("psnr", "ssim", "codebook_utilization", "bits_per_pixel", "compression_ratio",
