@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--glyphs-per-digit", type=int, default=None,
                         help="handwritten samples of each digit to draw from (default: all)")
     parser.add_argument("--position-grid", type=int, default=None,
-                        help="start glyphs on multiples of this many pixels and move half of it per frame")
+                        help="start glyphs on multiples of this many pixels and move on it")
+    parser.add_argument("--frames-per-grid-step", type=int, default=2,
+                        help="with --position-grid: frames per grid step (2: half a step per frame; 1: a whole one)")
+    parser.add_argument("--clear-steps", type=int, default=2,
+                        help="frames the glyph moves before its first bounce")
     parser.add_argument("--crf", type=int, default=None,
                         help="H.264 quality of the clips (0: lossless; default: the corpus default)")
     parser.add_argument("--partial-captions", type=int, default=0,
@@ -41,6 +45,7 @@ def main(argv: list[str] | None = None) -> Path:
                                num_frames=args.num_frames,
                                fps=args.fps, sample_rate=args.sample_rate, glyphs_per_digit=args.glyphs_per_digit,
                                position_grid=args.position_grid,
+                               frames_per_grid_step=args.frames_per_grid_step, clear_steps=args.clear_steps,
                                partial_captions=args.partial_captions,
                                **({} if args.crf is None else {"crf": args.crf}),
                                **({} if args.held_out_validation_fraction is None

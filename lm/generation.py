@@ -420,7 +420,7 @@ class MultimodalGenerator:
         ``num_frames / fps`` seconds, ``ceil(samples / hop)`` frames)."""
         a = self._need("audio", "size the audio")
         samples = round(int(num_frames) / self.fps * a.sample_rate)
-        return int(a.num_frames(samples)) if hasattr(a, "num_frames") else math.ceil(samples * a.frame_rate
+        return int(a.code_frames(samples)) if hasattr(a, "code_frames") else math.ceil(samples * a.frame_rate
                                                                                      / a.sample_rate)
 
     # ------------------------------------------------------------------------------------------ tasks

@@ -1,5 +1,10 @@
 """mmtok: video, audio and text tokenizers that share one token language.
 
+The public API::
+
+    from mmtok import VideoTokenizer, AudioTokenizer, TextTokenizer, UnifiedVocabulary, MultimodalTokenizer
+    from mmtok.quantizers import FSQ, LFQ, VectorQuantizer, ResidualVQ
+
 Importing :mod:`mmtok` registers the video and audio tokenizers with ``transformers``' ``AutoConfig`` /
 ``AutoModel`` (``model_type`` ``"mmtok_video"`` and ``"mmtok_audio"``), so ``AutoModel.from_pretrained(dir)`` loads
 a saved tokenizer.
@@ -13,6 +18,10 @@ __version__ = "0.1.0"
 from mmtok import audio as _audio  # noqa: E402,F401
 from mmtok import video as _video  # noqa: E402,F401
 from mmtok.audio import AudioTokenizer  # noqa: E402
+from mmtok.multimodal import MultimodalTokenizer  # noqa: E402
+from mmtok.text import TextTokenizer  # noqa: E402
 from mmtok.video import VideoTokenizer  # noqa: E402
+from mmtok.vocab import UnifiedVocabulary  # noqa: E402
 
-__all__ = ["AudioTokenizer", "CodeSpec", "ModalityTokenizer", "VideoTokenizer", "code_spec", "__version__"]
+__all__ = ["AudioTokenizer", "CodeSpec", "ModalityTokenizer", "MultimodalTokenizer", "TextTokenizer",
+           "UnifiedVocabulary", "VideoTokenizer", "code_spec", "__version__"]

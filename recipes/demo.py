@@ -61,8 +61,11 @@ class CorpusSettings:
     size: int = 32
     glyph_size: Optional[int] = None          # glyph box side in pixels (None: half the frame)
     num_frames: int = 9
+    fps: int = 8
     glyphs_per_digit: Optional[int] = None    # handwritten samples per digit (None: all)
     position_grid: Optional[int] = None       # glyph positions on this pixel grid (None: anywhere)
+    frames_per_grid_step: int = 2             # with position_grid: 2 = half a grid step per frame, 1 = a whole one
+    clear_steps: int = 2                      # frames the glyph moves before its first bounce
     crf: Optional[int] = None                 # H.264 quality of the clips (0: lossless; None: the corpus default)
     partial_captions: int = 0                 # captions naming only part of a training clip's content
     workers: Optional[int] = None             # processes (None: CPU count)
@@ -233,7 +236,8 @@ class Demo:
     def corpus(self) -> None:
         c = self.cfg.corpus
         cmd = [_python(), str(REPO / "data" / "moving_digits.py"), "--out", self.paths.corpus,
-               "--num-clips", c.num_clips, "--seed", c.seed, "--size", c.size, "--num-frames", c.num_frames]
+               "--num-clips", c.num_clips, "--seed", c.seed, "--size", c.size, "--num-frames", c.num_frames,
+               "--fps", c.fps, "--frames-per-grid-step", c.frames_per_grid_step, "--clear-steps", c.clear_steps]
         if c.glyph_size is not None:
             cmd += ["--glyph-size", c.glyph_size]
         if c.glyphs_per_digit is not None:
@@ -269,7 +273,8 @@ class Demo:
         s, p = self.cfg.video_tokenizer, self.paths
         cmd = [_python(), _recipe("train_video_tokenizer.py"), *_config_args(s), *_resume_flag(p.video_run),
                f"run_dir={p.video_run}", f"data.source={p.corpus / 'manifest.jsonl'}",
-               f"data.size={self.cfg.corpus.size}", f"data.num_frames={self.cfg.corpus.num_frames}", *s.overrides]
+               f"data.size={self.cfg.corpus.size}", f"data.num_frames={self.cfg.corpus.num_frames}",
+               f"data.fps={self.cfg.corpus.fps}", *s.overrides]
         run_command(cmd, self.log("video_tokenizer"))
 
     def audio_tokenizer(self) -> None:
@@ -301,7 +306,7 @@ class Demo:
         s, p = self.cfg.tokenize, self.paths
         cmd = [_python(), _recipe("tokenize_dataset.py"), *_config_args(s), f"data={p.corpus / 'manifest.jsonl'}",
                f"tokenizer={p.bundle}", f"out={p.tokens}", f"size={self.cfg.corpus.size}",
-               f"num_frames={self.cfg.corpus.num_frames}", *s.overrides]
+               f"num_frames={self.cfg.corpus.num_frames}", f"fps={self.cfg.corpus.fps}", *s.overrides]
         run_command(cmd, self.log("tokenize"))
 
     def pretrain(self) -> None:

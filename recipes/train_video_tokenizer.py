@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.model.init_from:
         model = VideoTokenizer.from_pretrained(cfg.model.init_from)
     else:
-        model = VideoTokenizer.from_preset(cfg.model.preset, **dict(cfg.model.overrides))
+        # the tokenizer records the frame rate it is trained at (generation times audio and writes video by it)
+        model = VideoTokenizer.from_preset(cfg.model.preset, **{"fps": cfg.data.fps, **dict(cfg.model.overrides)})
     model.train()
     use_gan = lc.disc_weight > 0
     disc = VideoDiscriminator(channels=cfg.disc.channels, num_layers=cfg.disc.num_layers) if use_gan else None

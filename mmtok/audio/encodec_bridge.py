@@ -121,7 +121,8 @@ class EncodecAudioTokenizer(nn.Module):
             raise ValueError(f"{kbps} kbps is below one RVQ level ({per:g} kbps); available: {self.bandwidths}")
         return min(n, self.num_codebooks)
 
-    def num_frames(self, num_samples: int) -> int:
+    def code_frames(self, num_samples: int) -> int:
+        """Code frames for ``num_samples`` samples: ``ceil(num_samples / hop)``."""
         return math.ceil(num_samples / self.hop_length)
 
     # --------------------------------------------------------------------------------------------- coding

@@ -530,7 +530,7 @@ class AudioTokenizer(StrictLoadingMixin, PreTrainedModel):
                              f"{self.config.bits_per_level:g} bits/level); available: {self.bandwidths}")
         return min(n, self.num_quantizers)
 
-    def num_frames(self, num_samples: int) -> int:
+    def code_frames(self, num_samples: int) -> int:
         """Code frames for ``num_samples`` samples: ``ceil(num_samples / hop)``."""
         return math.ceil(num_samples / self.hop_length)
 

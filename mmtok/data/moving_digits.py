@@ -170,12 +170,17 @@ class CorpusConfig:
             digit). Fewer hands make a digit's look predictable from its name, which is what text-to-video can learn
             in a CPU budget (docs/what_was_tried.md); the probe still reads digits with a classifier trained on all
             of them.
-        position_grid: when set (pixels, even), the glyph starts on a multiple of it and moves exactly half of it per
-            frame along each axis it moves on (``speed_range`` is then unused), so every second frame is back on
-            the grid. With a tokenizer whose cells are ``position_grid`` pixels and whose latent frames span two
+        position_grid: when set (pixels, even), the glyph starts on a multiple of it and moves exactly
+            ``position_grid / frames_per_grid_step`` pixels per frame along each axis it moves on (``speed_range`` is
+            then unused), so every ``frames_per_grid_step``-th frame is back on the grid. With a tokenizer whose cells are ``position_grid`` pixels and whose latent frames span two
             frames (the demo's: 8 px, 2 frames), a glyph then looks the same to every latent frame wherever it is:
             a digit is a few recurring codes instead of a new pattern at each of 64 sub-cell offsets (it lowers the
             LM's loss; docs/what_was_tried.md measures what it does to the demo). ``None``: any start, any speed.
+        frames_per_grid_step: with ``position_grid``, the frames a glyph takes to move one grid step: 2 (half a step
+            per frame) for a tokenizer whose latent frames span two frames, 1 (a whole step per frame) for one that
+            codes each frame on its own (the demo's: a frame's codes then depend on what it shows, never on the
+            motion, so a glyph moving in a direction never seen with its digit and colour is drawn with codes the
+            LM has seen; docs/what_was_tried.md, thirteenth round).
         clear_steps: the glyph starts far enough from the edges it heads for that it moves this many frames before
             its first bounce, so the first frames show the direction the captions name (a glyph that bounces on its
             first step looks like one that started the other way).
@@ -205,6 +210,7 @@ class CorpusConfig:
     speed_range: tuple[float, float] = (0.06, 0.12)
     glyphs_per_digit: int | None = None
     position_grid: int | None = None
+    frames_per_grid_step: int = 2
     clear_steps: int = 2
     captions_per_clip: int = 3
     partial_captions: int = 0
@@ -227,6 +233,10 @@ class CorpusConfig:
                 self.position_grid < 2 or self.position_grid % 2 or (self.size - self.glyph_size) % self.position_grid):
             raise ValueError(f"position_grid must be even, >= 2 and divide size - glyph_size = "
                              f"{self.size - self.glyph_size}, got {self.position_grid}")
+        if self.frames_per_grid_step not in (1, 2):
+            raise ValueError(f"frames_per_grid_step must be 1 or 2, got {self.frames_per_grid_step}")
+        if self.clear_steps < 0:
+            raise ValueError(f"clear_steps must be >= 0, got {self.clear_steps}")
         if self.strike_decay <= 0:
             raise ValueError(f"strike_decay must be positive, got {self.strike_decay}")
         if not (0 <= self.held_out_fraction and 0 <= self.held_out_validation_fraction
@@ -490,8 +500,9 @@ def sample_clip_specs(cfg: CorpusConfig) -> tuple[list[ClipSpec], list[tuple[int
         speed = float(rng.uniform(*cfg.speed_range)) * cfg.size
         ux, uy = DIRECTIONS[direction]
         if cfg.position_grid:
-            # half a grid step per frame along each axis the direction moves on (exact, so positions stay on it)
-            velocity = tuple(math.copysign(cfg.position_grid / 2, v) if abs(v) > 1e-9 else 0.0 for v in (ux, uy))
+            # a whole or half grid step per frame along each axis the direction moves on (exact: positions stay on it)
+            step = cfg.position_grid / cfg.frames_per_grid_step
+            velocity = tuple(math.copysign(step, v) if abs(v) > 1e-9 else 0.0 for v in (ux, uy))
             speed = math.hypot(*velocity)
             start = tuple(float(_grid_start(float(u), v, limit, cfg.clear_steps, cfg.position_grid))
                           for u, v in zip(where, velocity))

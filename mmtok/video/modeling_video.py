@@ -433,7 +433,7 @@ class VideoTokenizer(StrictLoadingMixin, PreTrainedModel):
         f, s = self.temporal_factor, self.spatial_factor
         return 1 + (num_frames - 1) // f, height // s, width // s
 
-    def num_frames(self, latent_frames: int) -> int:
+    def pixel_frames(self, latent_frames: int) -> int:
         """Frames decoded from ``latent_frames`` latent frames: ``1 + f * (latent_frames - 1)``."""
         return 1 + self.temporal_factor * (latent_frames - 1)
 

@@ -66,7 +66,7 @@ def test_encode_accepts_2d_input_and_frames_are_ceil():
     wav = tone(5 * hop + 1)
     c3 = tok.encode(wav)
     c2 = tok.encode(wav[:, 0])
-    assert torch.equal(c2, c3) and c3.shape[-1] == 6 == tok.num_frames(5 * hop + 1)
+    assert torch.equal(c2, c3) and c3.shape[-1] == 6 == tok.code_frames(5 * hop + 1)
 
 
 def test_noncausal_model_shapes():

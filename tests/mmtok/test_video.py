@@ -59,7 +59,7 @@ def test_shape_table(t, h, w, overrides, expected):
     recon = model.decode(codes)
     assert recon.shape == (2, 3, t, h, w)
     assert recon.dtype == torch.float32 and recon.abs().max() <= 1.0
-    assert model.num_frames(expected[0]) == t
+    assert model.pixel_frames(expected[0]) == t
 
 
 def test_float_and_uint8_inputs_agree(debug_model):

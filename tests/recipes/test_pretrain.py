@@ -415,3 +415,26 @@ def test_resume_restores_every_state_or_names_the_file(reference, tmp_path):
     with pytest.warns(UserWarning, match="pointer .* is missing; using the newest complete checkpoint step_00000008"):
         _resume(tmp_path / "no_pointer")
     _assert_same_losses(tmp_path / "no_pointer", reference)
+
+
+def test_ema_weights_are_exported_and_survive_a_resume(reference, tmp_path):
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "ema"
+    run_plain(run_dir, "train.ema_decay=0.9")
+    # the training losses do not depend on the EMA; the evaluations are the EMA model's
+    assert metric(run_dir, "train/loss") == metric(reference, "train/loss")
+    assert metric(run_dir, "eval/loss") != metric(reference, "eval/loss")
+    ema = load_file(run_dir / "export" / "model.safetensors")
+    last = load_file(run_dir / "checkpoints" / "step_00000012" / "model.safetensors")
+    plain = load_file(reference / "export" / "model.safetensors")
+    assert set(ema) == set(plain)
+    assert all(torch.equal(last[k], plain[k]) for k in plain)          # the run's own weights are the reference's
+    assert not all(torch.equal(ema[k], plain[k]) for k in plain)      # ... and the export is their average
+    assert (run_dir / "checkpoints" / "step_00000012" / "ema.pt").is_file()
+
+    # resuming from step 8 restores the average too: the same export to the last bit
+    (run_dir / "checkpoints" / "latest").write_text("step_00000008")
+    run_plain(run_dir, "train.ema_decay=0.9", resume=True)
+    again = load_file(run_dir / "export" / "model.safetensors")
+    assert all(torch.equal(again[k], ema[k]) for k in ema)

@@ -105,6 +105,7 @@ def test_recipe_trains_exports_and_resumes_exactly(media, tmp_path):
 
     model = AutoModel.from_pretrained(run / "final")
     assert isinstance(model, VideoTokenizer)
+    assert model.config.fps == 8.0                                          # the data's frame rate is recorded
     assert model.encode(torch.zeros(1, 9, 16, 16, 3, dtype=torch.uint8)).shape == (1, 3, 4, 4)
 
     # Simulate a kill after step 3: point `latest` back at that checkpoint and resume.

@@ -272,6 +272,31 @@ def test_position_grid_keeps_every_second_frame_on_the_grid():
         CorpusConfig(size=34, glyph_size=16, position_grid=3)
 
 
+def test_whole_grid_steps_put_every_frame_on_the_grid():
+    from mmtok.data.moving_digits import DIRECTIONS, sample_clip_specs
+
+    cfg = CorpusConfig(num_clips=200, seed=2, num_frames=5, fps=4, position_grid=8, frames_per_grid_step=1,
+                       clear_steps=1)
+    specs, _ = sample_clip_specs(cfg)
+    assert {s.direction for s in specs} == set(DIRECTIONS)
+    starts = set()
+    for s in specs:
+        ux, uy = DIRECTIONS[s.direction]
+        assert s.velocity == (np.sign(round(ux, 6)) * 8.0, np.sign(round(uy, 6)) * 8.0)
+        boxes = np.array(s.boxes)
+        assert (boxes % 8 == 0).all() and boxes.min() >= 0 and boxes.max() <= 16, (s.id, s.boxes)
+        assert (np.abs(np.diff(boxes, axis=0)) == np.abs(np.array(s.velocity))).all()
+        assert all(k > cfg.clear_steps for k in s.bounce_frames), (s.id, s.boxes)
+        # the first move is the one the captions name (no bounce on it)
+        np.testing.assert_array_equal(boxes[1] - boxes[0], np.array(s.velocity))
+        starts.add(tuple(s.boxes[0]))
+    assert len(starts) == 9                     # every grid point starts some clip
+    with pytest.raises(ValueError, match="frames_per_grid_step"):
+        CorpusConfig(position_grid=8, frames_per_grid_step=3)
+    with pytest.raises(ValueError, match="clear_steps"):
+        CorpusConfig(clear_steps=-1)
+
+
 def test_lossless_clips_repeat_identical_content_exactly(tmp_path):
     # With crf 0 a clip's frames do not depend on the rest of the clip (x264's lookahead tunes a lossy I-frame
     # to the frames after it) nor on where the glyph sits (4:2:0 chroma would blur colours differently at the frame's
