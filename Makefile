@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	# torch first and pinned: a CPU wheel on these machines (an unpinned torch pulls a multi-GB CUDA build).
 	$(PIP) install --quiet "$(TORCH)"
-	$(PIP) install --quiet -e '.[dev,deepspeed]'
+	$(PIP) install --quiet -e '.[dev,deepspeed,demo]'
 	touch $(STAMP)
 
 test: setup

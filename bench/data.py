@@ -4,7 +4,7 @@
 
 Measures, on the embedded Moving-Digits corpus (17 frames 64x64 at 8 fps, 16 kHz mono PCM audio):
 
-1. generation of the corpus (``mmtok.data.moving_digits.generate_corpus``, ``--workers`` processes) in clips/s and
+1. generation of the corpus (``mmtok.datasets.moving_digits.generate_corpus``, ``--workers`` processes) in clips/s and
    the total time for ``--clips`` clips (target: 2,000 clips in <= 2 minutes);
 2. decoding clips into model inputs (``mmtok.data.ingest.load_clip``: frames resampled, resized/cropped, audio
    resampled) in clips/s, one process and ``--workers`` processes; peer: OpenCV's ``cv2.VideoCapture`` reading the
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from mmtok.data.ingest import ClipConfig, iter_clips, load_clip, read_manifest
-from mmtok.data.moving_digits import generate_corpus
+from mmtok.datasets.moving_digits import generate_corpus
 
 
 def cpu_seconds() -> float:

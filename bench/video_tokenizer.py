@@ -260,7 +260,7 @@ def run_worker(args: list[str]) -> dict:
 def ensure_corpus(corpus: Path | None) -> Path:
     if corpus is not None and (corpus / "manifest.jsonl").is_file():
         return corpus
-    from mmtok.data.moving_digits import generate_corpus
+    from mmtok.datasets.moving_digits import generate_corpus
 
     corpus = corpus or Path("/tmp/mmtok_bench_corpus")
     if not (corpus / "manifest.jsonl").is_file():

@@ -1,7 +1,7 @@
 """Generate the Moving-Digits corpus: ``python data/moving_digits.py --out DIR --num-clips N [--seed S] [--size 32]``.
 
-A thin command line over :func:`mmtok.data.moving_digits.generate_corpus` (see that module for the layout, the
-manifest and ground-truth fields, and the determinism guarantees).
+A thin command line over :func:`mmtok.datasets.moving_digits.corpus.generate_corpus` (see that module for the
+layout, the manifest and ground-truth fields, and the determinism guarantees).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from mmtok.data.moving_digits import generate_corpus
+from mmtok.datasets.moving_digits import generate_corpus
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -59,9 +59,7 @@ __all__ = [
     "AlignmentConfig",
     "AlignmentHead",
     "AlignmentOutput",
-    "DIGIT_NAMES",
     "alignment_loss",
-    "digit_prompts",
     "drop_tokens",
     "embed_audio",
     "embed_text",
@@ -767,16 +765,6 @@ def alignment_loss(model: nn.Module, batch: Mapping[str, Any], head: AlignmentHe
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def digit_prompts(template: str = "a video of the digit {}", names: Sequence[str] = DIGIT_NAMES) -> list[str]:
-    """One text prompt per class, e.g. ``"a video of the digit seven"``."""
-    if "{}" not in template:
-        raise ValueError(f"the prompt template needs a '{{}}' for the class name, got {template!r}")
-    return [template.format(n) for n in names]
-
-
 def _pad_rows(rows: Sequence[Sequence[int]] | torch.Tensor, pad_id: int) -> torch.Tensor:
     if isinstance(rows, torch.Tensor):
         return rows
@@ -869,7 +857,8 @@ def zero_shot_classification(model: nn.Module, video_ids: Any, labels: Sequence[
     Args:
         video_ids: ``[N, ...]`` global video ids.
         labels: ``[N]`` true class indices.
-        prompt_ids: one prompt per class (global text ids), e.g. the encoded :func:`digit_prompts`.
+        prompt_ids: one prompt per class (global text ids), e.g. "a video of the digit seven" for each digit
+            (a dataset's class prompts, encoded).
 
     Returns:
         ``{"accuracy", "chance" (1 / classes), "predictions" [N] tensor}``.

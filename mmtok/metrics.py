@@ -5,11 +5,18 @@ uint8 frames, ``(-1, 1)`` for float video, see :mod:`mmtok.frames`). Audio: :fun
 :func:`retrieval_metrics` (R@k and median rank from a similarity matrix). Uncertainty: :func:`wilson_interval` (a
 proportion) and :func:`mean_interval` (a mean). Arguments go ``(estimate, target)`` (torchmetrics' ``(preds,
 target)``); all take and return tensors (or floats), compute in float64 and never need a GPU.
+
+Reporting: :class:`Metric` (one evaluated quantity beside its baseline, its interval and the probe's ceiling), the
+record every scoring function returns (the datasets' under :mod:`mmtok.datasets`, and the LM's in
+:mod:`lm.evaluation`), and :func:`metrics_table` / :func:`format_value` / :func:`format_interval`, how reports and the
+demo page show it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -145,3 +152,81 @@ def _check_same_shape(estimate: torch.Tensor, target: torch.Tensor, name: str) -
     if estimate.shape != target.shape:
         raise ValueError(f"{name}: estimate and target shapes differ: {tuple(estimate.shape)} vs "
                          f"{tuple(target.shape)}")
+
+
+# --------------------------------------------------------------------------------------------------- reporting
+@dataclass
+class Metric:
+    """One evaluated quantity beside its baseline.
+
+    Attributes:
+        name: dotted name, e.g. ``t2v/digit_accuracy``.
+        value: the model's score (``nan`` when nothing was evaluated).
+        baseline: the chance / trivial score; ``baseline_name`` says which (e.g. ``"chance (1/10)"``).
+        higher_is_better: direction of the metric.
+        n: number of samples behind ``value``.
+        reference: the probe's score on the ground truth itself (its ceiling), when meaningful.
+        unit: ``""`` (fractions), ``"dB"``, ``"px"``, ``"nats/token"``.
+        interval: the 95% confidence interval of ``value`` (Wilson for accuracies, normal for means), when known.
+    """
+
+    name: str
+    value: float
+    baseline: float
+    baseline_name: str
+    higher_is_better: bool = True
+    n: int = 0
+    reference: float | None = None
+    unit: str = ""
+    interval: tuple[float, float] | None = None
+
+    @property
+    def beats_baseline(self) -> bool | None:
+        """Whether ``value`` is better than ``baseline`` (``None`` when either is not finite)."""
+        if not (math.isfinite(self.value) and math.isfinite(self.baseline)):
+            return None
+        return self.value > self.baseline if self.higher_is_better else self.value < self.baseline
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["beats_baseline"] = self.beats_baseline
+        if self.interval is not None:
+            d["interval"] = [_finite_or_none(float(v)) for v in self.interval]
+        return {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def format_value(metric: dict[str, Any], value: float | None) -> str:
+    """A metric's value as the tables show it: accuracies in percent, others with their unit."""
+    if value is None:
+        return "n/a"
+    if metric["name"].endswith("accuracy"):
+        return f"{100 * value:.1f}%"
+    unit = metric.get("unit", "")
+    return f"{value:.3g}{(' ' + unit) if unit else ''}"
+
+
+def format_interval(metric: dict[str, Any]) -> str:
+    """``[low, high]`` of a metric dict's ``interval`` (``"n/a"`` without one)."""
+    interval = metric.get("interval")
+    if not interval or any(v is None for v in interval):
+        return "n/a"
+    if metric["name"].endswith("accuracy"):
+        return f"[{100 * interval[0]:.0f}, {100 * interval[1]:.0f}]%"
+    return f"[{interval[0]:.3g}, {interval[1]:.3g}]"
+
+
+def metrics_table(metrics: Sequence[Metric | dict[str, Any]]) -> str:
+    """A markdown table: metric, model, baseline (which), probe on ground truth, n, better than baseline."""
+    lines = ["| metric | model | 95% interval | baseline | probe on ground truth | n | beats baseline |",
+             "|---|---|---|---|---|---|---|"]
+    for m in metrics:
+        d = m.to_dict() if isinstance(m, Metric) else m
+        lines.append(f"| {d['name']} {'↑' if d['higher_is_better'] else '↓'} | {format_value(d, d['value'])} | "
+                     f"{format_interval(d)} | {format_value(d, d['baseline'])} ({d['baseline_name']}) | "
+                     f"{format_value(d, d.get('reference'))} | {d['n']} | "
+                     f"{ {True: 'yes', False: '**no**', None: 'n/a'}[d.get('beats_baseline')]} |")
+    return "\n".join(lines) + "\n"

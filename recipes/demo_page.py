@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lm.evaluation import format_interval, format_value
 from mmtok.io import atomic_output, atomic_write
+from mmtok.metrics import format_interval, format_value
 from recipes.common import read_metrics
 
 RUNS = (("video_tokenizer", "Video tokenizer"), ("audio_tokenizer", "Audio tokenizer"), ("lm", "Token LM"))

@@ -6,7 +6,8 @@
 
 ``model`` is an exported model directory (the LM and its tokenizer bundle side by side, as ``recipes/pretrain.py``
 writes it); ``corpus`` the generated corpus (manifest, ground truth, ``corpus.json``). Every metric is reported beside
-its chance or trivial baseline and beside the probe's score on the ground truth itself (``lm.evaluation``):
+its chance or trivial baseline and beside the probe's score on the ground truth itself (the dataset's scoring in
+``mmtok.datasets.moving_digits.evaluation``, the LM's losses and alignment metrics in ``lm.evaluation``):
 
 =============================  ===============================================  ====================================
 metric                         how                                              baseline
@@ -52,13 +53,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from lm.evaluation import (
-    LabeledClip, Metric, alignment_metrics, corpus_settings, load_clips, lm_task_losses, make_probe, metrics_table,
-    score_continuation,
-    score_t2v, score_v2a, tokenizer_reconstruction,
+from lm.evaluation import alignment_metrics, lm_task_losses
+from mmtok.datasets.moving_digits import (
+    LabeledClip, corpus_settings, digit_labels, digit_prompts, held_out_caption, load_clips, make_probe,
+    score_continuation, score_t2v, score_v2a, tokenizer_reconstruction,
 )
-from mmtok.data.moving_digits import held_out_caption
 from mmtok.io import atomic_write, progress_enabled
+from mmtok.metrics import Metric, metrics_table
 from recipes.common import build_arg_parser, load_config
 
 DONE_FILE = "metrics.json"
@@ -288,8 +289,8 @@ def run(cfg: EvalConfig, force: bool = False) -> dict[str, Any]:
         if getattr(gen.model, "alignment", None) is not None and cfg.num_alignment > 0:
             t = time.time()
             print(f"evaluate: zero-shot retrieval on {cfg.num_alignment} clips", flush=True)
-            metrics += alignment_metrics(gen.model, gen.bundle, cfg.shards, cfg.corpus, split=cfg.split,
-                                         limit=cfg.num_alignment)
+            metrics += alignment_metrics(gen.model, gen.bundle, cfg.shards, digit_labels(cfg.corpus), digit_prompts(),
+                                         class_name="digit", split=cfg.split, limit=cfg.num_alignment)
             timings["alignment"] = time.time() - t
 
     doc = {"metrics": [m.to_dict() for m in metrics], "config": asdict(cfg), "seconds": round(time.time() - t0, 1),

@@ -10,7 +10,7 @@ Manifest format (one JSON object per line; blank lines and lines starting with `
   folder), ``caption`` (string) or ``captions`` (list of strings; both may be given, ``caption`` first), optional
   ``caption_file`` (a UTF-8 text file, one caption per line, read with the media), ``start`` / ``end`` in seconds
   and ``split``. Other keys are kept in :attr:`ClipRecord.meta`.
-- The Moving-Digits ``manifest.jsonl`` (:mod:`mmtok.data.moving_digits`) is such a manifest.
+- The Moving-Digits ``manifest.jsonl`` (:mod:`mmtok.datasets.moving_digits.corpus`) is such a manifest.
 
 A folder is scanned with :func:`mmtok.data.media.list_media`; a caption comes from a sidecar text file with the same
 stem (``clip.mp4`` + ``clip.txt``, one caption per line) when present. Sidecars are read when the clip is decoded,

@@ -1,11 +1,14 @@
-"""Reconstruction and retrieval metrics against hand-computed values."""
+"""Reconstruction and retrieval metrics against hand-computed values; the Metric record and its table."""
 
 import math
 
 import pytest
 import torch
 
-from mmtok.metrics import SSIM_SIGMA, SSIM_WINDOW, mean_interval, psnr, retrieval_metrics, si_snr, ssim, wilson_interval
+from mmtok.metrics import (
+    SSIM_SIGMA, SSIM_WINDOW, Metric, mean_interval, metrics_table, psnr, retrieval_metrics, si_snr, ssim,
+    wilson_interval,
+)
 
 
 def test_psnr_known_value_and_identity():
@@ -125,3 +128,17 @@ def test_mean_interval_known_values():
     assert low == pytest.approx(2 - 1.96 / math.sqrt(3)) and high == pytest.approx(2 + 1.96 / math.sqrt(3))
     assert mean_interval([5.0, 5.0, float("nan")]) == (5.0, 5.0)                 # non-finite values are dropped
     assert all(math.isnan(v) for v in mean_interval([1.0]))
+
+
+def test_metric_json_and_table():
+    m = [Metric("t2v/digit_accuracy", 0.5, 0.1, "chance (1/10)", True, 4, 1.0, interval=wilson_interval(2, 4)),
+         Metric("continuation/psnr", float("inf"), 20.0, "copy last frame", True, 4, unit="dB"),
+         Metric("lm/loss_t2v", 3.0, 8.3, "uniform", False, 100, unit="nats/token")]
+    d = [x.to_dict() for x in m]
+    assert d[0]["beats_baseline"] is True and d[1]["value"] is None and d[2]["beats_baseline"] is True
+    table = metrics_table(m)
+    assert "50.0%" in table and "10.0%" in table and "chance (1/10)" in table and "8.3 nats/token" in table
+    assert table.count("\n") == 2 + len(m)
+    assert d[0]["interval"] == pytest.approx(list(wilson_interval(2, 4))) and "[15, 85]%" in table
+    assert d[1]["interval"] is None
+    torch.manual_seed(0)  # keep module state tidy for other tests

@@ -20,8 +20,8 @@ sys.path.insert(0, str(FAKES))
 from datafakes import make_bundle  # noqa: E402
 
 from mmtok.data.media import write_video  # noqa: E402
-from mmtok.data.moving_digits import generate_corpus, load_ground_truth  # noqa: E402
 from mmtok.data.shards import load_token_dataset, read_dataset_info, row_codes  # noqa: E402
+from mmtok.datasets.moving_digits import generate_corpus, load_ground_truth  # noqa: E402
 from recipes.tokenize_dataset import TokenizeConfig, main, run  # noqa: E402
 
 BAD = {"bad_empty", "bad_text", "bad_truncated", "missing"}

@@ -1,6 +1,8 @@
 """Read the content back out of Moving-Digits media: which digit, which colour, which way it moves, which tone,
 when the clicks fall. The evaluation recipe applies these probes to generated clips and to ground truth alike, so a
-score says what a viewer would see, not how close the tokens were.
+score says what a viewer would see, not how close the tokens were. Part of :mod:`mmtok.datasets.moving_digits`
+(the corpus these probes match is :mod:`~mmtok.datasets.moving_digits.corpus`; the scoring that applies them,
+:mod:`~mmtok.datasets.moving_digits.evaluation`).
 
 * digit: a small MLP trained here on the scikit-learn glyphs rendered exactly as the corpus renders them (random
   colour, position, blur and noise), applied to a crop around the glyph's ink centre in each frame; the clip's answer
@@ -20,9 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmtok.data.moving_digits import COLORS, DIRECTIONS, _glyph_alpha, _load_glyphs, default_glyph_size, \
-    digit_frequency
+from mmtok.datasets.moving_digits.corpus import COLORS, DIRECTIONS, _glyph_alpha, _load_glyphs, \
+    default_glyph_size, digit_frequency
 from mmtok.frames import to_uint8
+
+__all__ = ["AudioReading", "MovingDigitsProbe", "VideoReading", "centroid_track", "click_f1", "glyph_features",
+           "ink_mask", "read_clicks", "read_color", "read_direction", "read_pitch"]
 
 _FEATURE_SIDE = 12
 _PALETTE = np.array(list(COLORS.values()), np.float64)

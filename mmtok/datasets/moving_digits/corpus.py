@@ -1,5 +1,9 @@
 """Moving-Digits: the embedded, offline, deterministic audio-visual corpus behind ``make demo`` and the tests.
 
+The corpus generator of the :mod:`mmtok.datasets.moving_digits` package (which also holds the probes that read this
+content back out of media, :mod:`~mmtok.datasets.moving_digits.probes`, and the dataset's scoring,
+:mod:`~mmtok.datasets.moving_digits.evaluation`); ``data/moving_digits.py`` is its command line.
+
 Each clip shows one coloured digit glyph (a scikit-learn ``load_digits`` 8x8 image scaled up, 16x16 at the default
 32x32) moving at constant speed in one of 8 compass directions on a plain background and bouncing off the frame
 edges: 9 frames at 8 fps. The audio (16 kHz mono) is a bell-like tone whose pitch identifies the digit, struck at
@@ -90,6 +94,9 @@ __all__ = [
 ]
 
 GENERATOR_VERSION = 3
+# The generator name recorded in ``corpus.json``: this module's path when the corpus format was fixed. Kept as it was
+# (the module now lives in mmtok.datasets.moving_digits.corpus) so a seed still gives byte-identical metadata.
+_GENERATOR_NAME = "mmtok.data.moving_digits"
 # The seed of the clip-parameter stream: unchanged since version 2, so a corpus keeps its clips across versions (3 added
 # held-out validation combinations and partial captions, drawn from streams of their own).
 _CLIP_STREAM = 2
@@ -617,7 +624,7 @@ def generate_corpus(out_dir: str | os.PathLike, num_clips: int = 2000, seed: int
     splits["held_out_validation_combinations"] = sorted(
         {(s.digit, s.color, s.direction) for s in specs if s.held_out and s.split == "validation"})
     meta = asdict(cfg)
-    meta.update(generator="mmtok.data.moving_digits", generator_version=GENERATOR_VERSION,
+    meta.update(generator=_GENERATOR_NAME, generator_version=GENERATOR_VERSION,
                 colors={k: list(v) for k, v in COLORS.items()},
                 directions={k: [round(v[0], 6), round(v[1], 6)] for k, v in DIRECTIONS.items()},
                 tone_hz={str(d): round(digit_frequency(d), 3) for d in range(10)},

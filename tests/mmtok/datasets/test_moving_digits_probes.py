@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from mmtok.data.media import read_audio, read_video
-from mmtok.data.moving_digits import digit_frequency, generate_corpus, load_ground_truth
-from mmtok.probes import MovingDigitsProbe, click_f1, read_clicks, read_pitch
+from mmtok.datasets.moving_digits.corpus import digit_frequency, generate_corpus, load_ground_truth
+from mmtok.datasets.moving_digits.probes import MovingDigitsProbe, click_f1, read_clicks, read_pitch
 
 
 @pytest.fixture(scope="module")

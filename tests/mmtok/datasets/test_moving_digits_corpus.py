@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mmtok.data.media import probe, read_audio, read_video
-from mmtok.data.moving_digits import (
+from mmtok.datasets.moving_digits.corpus import (
     COLORS,
     DIGIT_WORDS,
     GROUND_TRUTH_FIELDS,
@@ -143,7 +143,7 @@ def test_splits_and_held_out_combinations(corpus):
 
 
 def test_held_out_combinations_absent_from_train_at_scale():
-    from mmtok.data.moving_digits import sample_clip_specs
+    from mmtok.datasets.moving_digits.corpus import sample_clip_specs
 
     specs, held = sample_clip_specs(CorpusConfig(num_clips=2000, seed=0))
     train = {(s.digit, s.color, s.direction) for s in specs if s.split == "train"}
@@ -172,7 +172,7 @@ def test_captions_name_digit_color_and_vary(corpus):
 
 
 def test_partial_captions_name_part_of_the_content_of_training_clips_only():
-    from mmtok.data.moving_digits import _DIRECTION_PHRASES, _TEMPLATES, PARTIAL_TEMPLATES, sample_clip_specs
+    from mmtok.datasets.moving_digits.corpus import _DIRECTION_PHRASES, _TEMPLATES, PARTIAL_TEMPLATES, sample_clip_specs
 
     plain, _ = sample_clip_specs(CorpusConfig(num_clips=300, seed=1))
     specs, _ = sample_clip_specs(CorpusConfig(num_clips=300, seed=1, partial_captions=2))
@@ -221,12 +221,12 @@ def test_held_out_phrasings_never_match_training_captions(corpus):
             assert gt["color"] in caption.lower()
             assert DIGIT_WORDS[gt["digit"]] in caption.lower() or str(gt["digit"]) in caption
     # no held-out template is a training template (so no content fills it into a training caption)
-    from mmtok.data.moving_digits import _TEMPLATES
+    from mmtok.datasets.moving_digits.corpus import _TEMPLATES
     assert not set(HELD_OUT_TEMPLATES) & set(_TEMPLATES)
 
 
 def test_glyphs_per_digit_limits_the_hands():
-    from mmtok.data.moving_digits import _load_glyphs, sample_clip_specs, typical_glyphs
+    from mmtok.datasets.moving_digits.corpus import _load_glyphs, sample_clip_specs, typical_glyphs
 
     specs, _ = sample_clip_specs(CorpusConfig(num_clips=300, seed=0, glyphs_per_digit=1))
     hands = {}
@@ -248,7 +248,7 @@ def test_glyphs_per_digit_limits_the_hands():
 
 
 def test_position_grid_keeps_every_second_frame_on_the_grid():
-    from mmtok.data.moving_digits import DIRECTIONS, sample_clip_specs
+    from mmtok.datasets.moving_digits.corpus import DIRECTIONS, sample_clip_specs
 
     cfg = CorpusConfig(num_clips=200, seed=1, position_grid=8)
     specs, _ = sample_clip_specs(cfg)
@@ -273,7 +273,7 @@ def test_position_grid_keeps_every_second_frame_on_the_grid():
 
 
 def test_whole_grid_steps_put_every_frame_on_the_grid():
-    from mmtok.data.moving_digits import DIRECTIONS, sample_clip_specs
+    from mmtok.datasets.moving_digits.corpus import DIRECTIONS, sample_clip_specs
 
     cfg = CorpusConfig(num_clips=200, seed=2, num_frames=5, fps=4, position_grid=8, frames_per_grid_step=1,
                        clear_steps=1)
