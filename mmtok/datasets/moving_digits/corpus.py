@@ -93,10 +93,8 @@ __all__ = [
     "typical_glyphs",
 ]
 
-GENERATOR_VERSION = 3
-# The generator name recorded in ``corpus.json``: this module's path when the corpus format was fixed. Kept as it was
-# (the module now lives in mmtok.datasets.moving_digits.corpus) so a seed still gives byte-identical metadata.
-_GENERATOR_NAME = "mmtok.data.moving_digits"
+# 4 added ``frames_per_grid_step`` (its default, 2, draws the clips of version 3).
+GENERATOR_VERSION = 4
 # The seed of the clip-parameter stream: unchanged since version 2, so a corpus keeps its clips across versions (3 added
 # held-out validation combinations and partial captions, drawn from streams of their own).
 _CLIP_STREAM = 2
@@ -624,7 +622,7 @@ def generate_corpus(out_dir: str | os.PathLike, num_clips: int = 2000, seed: int
     splits["held_out_validation_combinations"] = sorted(
         {(s.digit, s.color, s.direction) for s in specs if s.held_out and s.split == "validation"})
     meta = asdict(cfg)
-    meta.update(generator=_GENERATOR_NAME, generator_version=GENERATOR_VERSION,
+    meta.update(generator="mmtok.datasets.moving_digits", generator_version=GENERATOR_VERSION,
                 colors={k: list(v) for k, v in COLORS.items()},
                 directions={k: [round(v[0], 6), round(v[1], 6)] for k, v in DIRECTIONS.items()},
                 tone_hz={str(d): round(digit_frequency(d), 3) for d in range(10)},
