@@ -6,7 +6,8 @@ Named presets (``VideoTokenizerConfig.from_preset(name)``):
 preset          input -> codes             quantizer, codebook  params   use
 ==============  =========================  ===================  =======  =============================================
 ``debug``       9x16x16 -> 3x4x4           LFQ 2^6              0.2 M    unit tests (seconds)
-``demo``        9x32x32 -> 5x4x4           FSQ 8^4 = 2^12       3.7 M    ``make demo`` on the Moving-Digits corpus
+``demo``        9x32x32 -> 5x4x4           FSQ 8^4 = 2^12       3.7 M    the demo network (``make demo`` codes each frame
+                                                                          on its own: recipes/configs/video_tokenizer_demo.yaml)
 ``demo_lfq``    9x32x32 -> 5x4x4           LFQ 2^12             3.7 M    the demo network with MAGVIT-v2's quantizer
 ``magvit2_128`` 17x128x128 -> 5x16x16      LFQ 2^18             258 M    the VideoPoet setting (GPU)
 ==============  =========================  ===================  =======  =============================================
@@ -14,6 +15,12 @@ preset          input -> codes             quantizer, codebook  params   use
 Why the demo preset uses FSQ: with the same network, data and budget, LFQ's binary bottleneck stays at blurry blobs
 for thousands of steps, while FSQ (which the Cosmos and VidTok tokenizers chose for this reason) learns the glyphs'
 shape and colour (docs/what_was_tried.md).
+
+Why ``make demo`` codes each frame on its own (``frame_stages`` = every stage, no temporal downsampling): when a latent
+frame spans two frames, a moving glyph's codes also carry how it moved, so text-to-video for a digit, colour and
+direction never seen together needs code grids training never showed; per-frame codes draw it with grids the LM has
+seen (docs/what_was_tried.md, thirteenth round). Real footage, where compressing time pays, keeps the temporal
+stages.
 """
 
 from __future__ import annotations
