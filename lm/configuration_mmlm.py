@@ -25,6 +25,7 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
+from lm.configuration_alignment import AlignmentConfig
 from mmtok.vocab import VocabularyMismatchError  # one error type for every layout mismatch
 
 # Modalities whose id range the config records when a vocabulary provides it (in this order; images share the
@@ -140,8 +141,8 @@ class MMLMConfig(PretrainedConfig):
             which cell it draws and which token drew that cell one frame earlier; on the demo corpus a model without
             it put the glyph in a new random cell in every frame (docs/what_was_tried.md). ``None``: no such term.
         alignment (`dict`, *optional*): settings of the VATT-style contrastive alignment head
-            (:class:`lm.alignment.AlignmentConfig` fields: ``pooling``, ``va_dim``, ``vt_dim``, ``droptoken``,
-            ``temperature``, ...); ``None`` builds no head. Stored with every field filled in.
+            (:class:`lm.configuration_alignment.AlignmentConfig` fields: ``pooling``, ``va_dim``, ``vt_dim``,
+            ``droptoken``, ``temperature``, ...); ``None`` builds no head. Stored with every field filled in.
     """
 
     model_type = "mmlm"
@@ -184,8 +185,6 @@ class MMLMConfig(PretrainedConfig):
         if self.modality_ranges is not None:
             self.modality_ranges = {str(k): _range_pair(v) for k, v in self.modality_ranges.items()}
         if self.alignment is not None:  # validated (clear errors) and stored with every field filled in
-            from lm.alignment import AlignmentConfig
-
             self.alignment = AlignmentConfig.from_value(self.alignment).to_dict()
         super().__post_init__(**kwargs)
 

@@ -64,7 +64,7 @@ def alignment_metrics(model: Any, bundle: Any, shards: str | Path, labels: Mappi
                       class_prompts: Sequence[str], *, class_name: str = "class", split: str = "test",
                       limit: int = 64) -> list[Metric]:
     """Zero-shot retrieval (text<->video, video<->audio) and classification from text prompts with the model's
-    VATT-style alignment head (``lm.alignment``) on the token shards' ``split``.
+    VATT-style alignment head (``lm.modeling_alignment``, :mod:`lm.zero_shot`) on the token shards' ``split``.
 
     Args:
         labels: ``{clip id: class index}``; rows of the shards without a label are left out.
@@ -76,7 +76,7 @@ def alignment_metrics(model: Any, bundle: Any, shards: str | Path, labels: Mappi
     Baselines: a random ranking (R@k = k/N, median rank (N+1)/2) and a random class (1/classes). Returns no rows when
     the model has no alignment head.
     """
-    from lm.alignment import zero_shot_classification, zero_shot_retrieval
+    from lm.zero_shot import zero_shot_classification, zero_shot_retrieval
     from mmtok.data.shards import load_token_dataset, row_codes
 
     if getattr(model, "alignment", None) is None or bundle.video is None:

@@ -10,7 +10,7 @@ One call turns a condition (a caption, a clip, a waveform) into media::
     gen.audio_to_video(wave)                              # [N, 3, T, H, W]
     gen.text_to_image("the digit 3 in blue").image       # [N, 3, H, W]
 
-(and the functional forms ``text_to_video(model, bundle, prompt, ...)`` etc.).
+(``MultimodalGenerator(model, bundle)`` for a model and bundle already in memory.)
 
 How a sample is drawn (:meth:`MultimodalGenerator.generate_from_codes`, the core every task goes through):
 
@@ -62,12 +62,7 @@ __all__ = [
     "MultimodalGenerator",
     "RangeConstraintLogitsProcessor",
     "SamplingConfig",
-    "audio_to_video",
-    "continue_video",
     "sample_tokens",
-    "text_to_image",
-    "text_to_video",
-    "video_to_audio",
 ]
 
 GENERATION_TASKS = ("t2v", "t2i", "v2a", "a2v", "vcont", "i2v")
@@ -741,28 +736,3 @@ class MultimodalGenerator:
             raise GenerationError(f"the audio tokenizer cannot take this waveform: {e}") from e
         return codes[0].long().cpu()  # [n_q, F]
 
-
-# ------------------------------------------------------------------------------------------- functional forms
-def text_to_video(model: Any, bundle: Any, prompt: str | Sequence[str], **kwargs: Any) -> GenerationResult:
-    """:meth:`MultimodalGenerator.text_to_video` for a model and its bundle."""
-    return MultimodalGenerator(model, bundle).text_to_video(prompt, **kwargs)
-
-
-def text_to_image(model: Any, bundle: Any, prompt: str | Sequence[str], **kwargs: Any) -> GenerationResult:
-    """:meth:`MultimodalGenerator.text_to_image` for a model and its bundle."""
-    return MultimodalGenerator(model, bundle).text_to_image(prompt, **kwargs)
-
-
-def video_to_audio(model: Any, bundle: Any, video: Any, **kwargs: Any) -> GenerationResult:
-    """:meth:`MultimodalGenerator.video_to_audio` for a model and its bundle."""
-    return MultimodalGenerator(model, bundle).video_to_audio(video, **kwargs)
-
-
-def audio_to_video(model: Any, bundle: Any, audio: Any, **kwargs: Any) -> GenerationResult:
-    """:meth:`MultimodalGenerator.audio_to_video` for a model and its bundle."""
-    return MultimodalGenerator(model, bundle).audio_to_video(audio, **kwargs)
-
-
-def continue_video(model: Any, bundle: Any, video: Any, num_frames: int, **kwargs: Any) -> GenerationResult:
-    """:meth:`MultimodalGenerator.continue_video` for a model and its bundle."""
-    return MultimodalGenerator(model, bundle).continue_video(video, num_frames, **kwargs)

@@ -43,8 +43,8 @@ from transformers.models.llama.modeling_llama import (
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from lm import alignment as _alignment
 from lm.configuration_mmlm import MMLMConfig
+from lm.modeling_alignment import AlignmentHead, AlignmentOutput
 from mmtok.pretrained import StrictLoadingMixin
 
 # transformers 5.24 renamed the KV cache argument from past_key_values to cache (the old name warns until 5.40);
@@ -200,7 +200,7 @@ class MMLMPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, _alignment.AlignmentHead):  # its temperature is a bare parameter
+        if isinstance(module, AlignmentHead):  # its temperature is a bare parameter
             module._init_weights(self.config.initializer_range)
 
 
@@ -360,8 +360,8 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.head_levels = _level_shared_rows(config)    # optional shared rows of the video codes
-        if config.alignment is not None:  # VATT-style contrastive head (lm/alignment.py), saved with the model
-            self.alignment = _alignment.AlignmentHead.from_model_config(config)
+        if config.alignment is not None:  # VATT-style contrastive head (lm/modeling_alignment.py), saved with the model
+            self.alignment = AlignmentHead.from_model_config(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -374,24 +374,36 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         """Raise an error naming both layouts when a tokenizer bundle / vocabulary differs from the model's."""
         self.config.check_vocabulary(vocab_or_bundle)
 
-    # Contrastive alignment (needs ``config.alignment``; see lm/alignment.py, VATT arXiv 2104.11178).
+    # Contrastive alignment (needs ``config.alignment``; see lm/modeling_alignment.py, VATT arXiv 2104.11178): the
+    # head's methods on this model's backbone. Compare embeddings with ``model.alignment.similarity(a, b)``.
+    def _alignment_head(self) -> AlignmentHead:
+        head = getattr(self, "alignment", None)
+        if not isinstance(head, AlignmentHead):
+            raise ValueError("no alignment head: build the model with MMLMConfig(alignment={...}) (or load it with "
+                             "from_pretrained(..., alignment={...})) so that model.alignment exists")
+        return head
+
     def embed_video(self, video_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     space: str = "vt") -> torch.Tensor:
-        """Unit video embeddings ``[B, vt_dim]`` (``space="va"``: ``[B, va_dim]``) from global video ids."""
-        return _alignment.embed_video(self, video_ids, attention_mask, space=space)
+        """Unit video embeddings ``[B, vt_dim]`` (``space="vt"``, to compare with text) or ``[B, va_dim]``
+        (``"va"``, with audio).
+
+        Args:
+            video_ids: global video ids ``[B, N]`` (``pad_token_id`` pads) or ``[B, T', H', W']``.
+            attention_mask: optional ``[B, N]`` real tokens.
+        DropToken applies only when the head is in training mode.
+        """
+        if space not in ("va", "vt"):
+            raise ValueError(f"space must be 'va' (video-audio) or 'vt' (video-text), got {space!r}")
+        return self._alignment_head().encode(self.model, "video", video_ids, attention_mask)[space]
 
     def embed_audio(self, audio_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Unit audio embeddings ``[B, va_dim]`` from global audio ids."""
-        return _alignment.embed_audio(self, audio_ids, attention_mask)
+        """Unit audio embeddings ``[B, va_dim]`` from global audio ids ``[B, N]`` or ``[B, levels, frames]``."""
+        return self._alignment_head().encode(self.model, "audio", audio_ids, attention_mask)["va"]
 
     def embed_text(self, text_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Unit text embeddings ``[B, vt_dim]`` from global text ids."""
-        return _alignment.embed_text(self, text_ids, attention_mask)
-
-    @staticmethod
-    def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Cosine similarities ``[N, M]`` of two sets of embeddings of the same space."""
-        return _alignment.similarity(a, b)
+        """Unit text embeddings ``[B, vt_dim]`` from global text ids ``[B, N]`` (``pad_token_id`` pads)."""
+        return self._alignment_head().encode(self.model, "text", text_ids, attention_mask)["vt"]
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs: Any) -> dict[str, Any]:
         """transformers' inputs for one ``generate`` step, plus ``video_positions`` (for ``config.video_grid``),
@@ -402,9 +414,13 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
             inputs["video_positions"] = self.model.video_token_positions(input_ids, last=step_ids.shape[1])
         return inputs
 
-    def alignment_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None):
-        """Contrastive loss (:class:`lm.alignment.AlignmentOutput`) of a batch with ``input_ids`` (and clip ``ids``)."""
-        return _alignment.alignment_loss(self, batch, generator=generator)
+    def alignment_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> AlignmentOutput:
+        """The contrastive loss of a training batch (``input_ids``, and the clip ``ids`` when the batch has them)."""
+        head = self._alignment_head()
+        if "input_ids" not in batch:
+            raise KeyError("the batch has no 'input_ids'")
+        device = next(head.parameters()).device
+        return head(self.model, batch["input_ids"].to(device), clip_ids=batch.get("ids"), generator=generator)
 
     def forward(
         self,

@@ -445,18 +445,46 @@ def parse_sequence(ids: Sequence[int] | torch.Tensor, vocab: UnifiedVocabulary, 
     token needs ``task=``; a task token other than ``task=`` always raises.
     """
     _check_pattern(audio_pattern)
+    toks = _token_list(ids)
+    levels = vocab.num_audio_levels if num_audio_levels is None else int(num_audio_levels)
+    problem = _Problems(repair)
+    toks, offset = _strip_padding(toks, vocab, problem)
+    task, pos = _read_header(toks, vocab, task, problem)
+    bodies = _read_segments(toks, pos, offset, vocab, TASKS[task], problem)
+    result = ParsedSequence(task=task, repairs=problem.repairs)
+    _read_bodies(result, bodies, vocab, latent_hw=latent_hw, video_frames=video_frames, audio_frames=audio_frames,
+                 cond_frames=cond_frames, audio_split=audio_split, audio_pattern=audio_pattern, levels=levels,
+                 problem=problem)
+    _join_modalities(result)
+    return result
+
+
+# The parser's steps, in the order parse_sequence runs them. ``offset`` (the leading padding stripped) puts the
+# positions of segment problems back into the caller's sequence.
+class _Problems:
+    """What the parser does with a problem: raise :class:`SequenceError` naming it, or (``repair=True``) note the
+    fix it makes in ``repairs`` and go on."""
+
+    def __init__(self, repair: bool) -> None:
+        self.repair = repair
+        self.repairs: list[str] = []
+
+    def __call__(self, message: str, fix: str) -> None:
+        if not self.repair:
+            raise SequenceError(message)
+        self.repairs.append(fix)
+
+
+def _token_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
     if isinstance(ids, torch.Tensor) and (ids.dim() != 1 or ids.dtype.is_floating_point):
         raise SequenceError(f"parse_sequence takes one 1-D integer sequence, got shape {tuple(ids.shape)} "
                             f"{ids.dtype}")
-    toks = ids.tolist() if isinstance(ids, torch.Tensor) else [int(i) for i in ids]
-    levels = vocab.num_audio_levels if num_audio_levels is None else int(num_audio_levels)
-    repairs: list[str] = []
+    return ids.tolist() if isinstance(ids, torch.Tensor) else [int(i) for i in ids]
 
-    def problem(message: str, fix: str) -> None:
-        if not repair:
-            raise SequenceError(message)
-        repairs.append(fix)
 
+def _strip_padding(toks: list[int], vocab: UnifiedVocabulary, problem: _Problems) -> tuple[list[int], int]:
+    """The tokens without leading and trailing ``<pad>`` (ids outside the vocabulary become ``<pad>`` in repair
+    mode), and the number of leading pads dropped."""
     pad = vocab.pad_id
     lo, hi = 0, len(toks)
     while lo < hi and toks[lo] == pad:
@@ -464,20 +492,23 @@ def parse_sequence(ids: Sequence[int] | torch.Tensor, vocab: UnifiedVocabulary, 
     while hi > lo and toks[hi - 1] == pad:
         hi -= 1
     toks = toks[lo:hi]
-    n = len(toks)
-    if n == 0:
+    if not toks:
         raise SequenceError("empty sequence (nothing but padding)")
     bad = [t for t in toks if not 0 <= t < vocab.size]
     if bad:
         problem(f"{len(bad)} ids outside the vocabulary [0, {vocab.size}), e.g. {bad[0]}",
                 f"replaced {len(bad)} ids outside the vocabulary by <pad> before parsing")
         toks = [t if 0 <= t < vocab.size else pad for t in toks]
+    return toks, lo
 
+
+def _read_header(toks: list[int], vocab: UnifiedVocabulary, task: str | None,
+                 problem: _Problems) -> tuple[str, int]:
+    """``<bos>`` and the task token: the task (the token's, checked against ``task=`` when given) and the position
+    after them."""
     name = vocab.token_name
+    n = len(toks)
     task_ids = {vocab.token_id(t.token): t.name for t in TASKS.values()}
-    opens = {vocab.token_id(o): k for k, (o, _) in BOUNDARY_TOKENS.items()}
-    structural = set(task_ids) | set(opens) | {vocab.bos_id, vocab.eos_id}
-
     pos = 0
     if toks[0] == vocab.bos_id:
         pos = 1
@@ -497,8 +528,22 @@ def parse_sequence(ids: Sequence[int] | torch.Tensor, vocab: UnifiedVocabulary, 
     elif found is None:
         raise SequenceError(f"no task token after <bos> (found {name(toks[pos]) if pos < n else 'end of sequence'});"
                             " pass task= to parse it")
-    task = task if task is not None else found
-    layout = TASKS[task]
+    return (task if task is not None else found), pos
+
+
+def _read_segments(toks: list[int], pos: int, offset: int, vocab: UnifiedVocabulary, layout: TaskLayout,
+                   problem: _Problems) -> list[tuple[str, str, list[int]]]:
+    """From ``pos`` on: each segment of the task's plan between its boundaries, then ``<eos>`` and nothing after it.
+
+    Returns ``(role, kind, body ids)`` per segment, ``role`` ``"cond"`` or ``"out"``. A body ends at its closing
+    boundary or at the next structural token (``<bos>``, ``<eos>``, a task token, an opening boundary), so a missing
+    closing boundary does not swallow the next segment.
+    """
+    name = vocab.token_name
+    n = len(toks)
+    task_ids = {vocab.token_id(t.token) for t in TASKS.values()}
+    opens = {vocab.token_id(o) for o, _ in BOUNDARY_TOKENS.values()}
+    structural = task_ids | opens | {vocab.bos_id, vocab.eos_id}
 
     plan = [("cond", k) for k in layout.condition] + [("out", k) for k in layout.output]
     if layout.optional_text and pos < n and toks[pos] == vocab.token_id("<bot>"):
@@ -511,9 +556,9 @@ def parse_sequence(ids: Sequence[int] | torch.Tensor, vocab: UnifiedVocabulary, 
         if pos < n and toks[pos] == open_id:
             pos += 1
         else:
-            problem(f"expected {open_tok} at position {pos + lo} for the {role} {kind} segment, found "
+            problem(f"expected {open_tok} at position {pos + offset} for the {role} {kind} segment, found "
                     f"{name(toks[pos]) if pos < n else 'end of sequence'}",
-                    f"assumed a missing {open_tok} at position {pos + lo}")
+                    f"assumed a missing {open_tok} at position {pos + offset}")
         start = pos
         while pos < n and toks[pos] != close_id and toks[pos] not in structural:
             pos += 1
@@ -521,92 +566,134 @@ def parse_sequence(ids: Sequence[int] | torch.Tensor, vocab: UnifiedVocabulary, 
         if pos < n and toks[pos] == close_id:
             pos += 1
         else:
-            problem(f"the {role} {kind} segment starting at position {start + lo} is not closed by {close_tok} "
+            problem(f"the {role} {kind} segment starting at position {start + offset} is not closed by {close_tok} "
                     f"(found {name(toks[pos]) if pos < n else 'end of sequence'})",
-                    f"assumed a missing {close_tok} at position {pos + lo}")
+                    f"assumed a missing {close_tok} at position {pos + offset}")
         bodies.append((role, kind, body))
     if pos < n and toks[pos] == vocab.eos_id:
         pos += 1
     else:
-        problem(f"expected <eos> at position {pos + lo}, found {name(toks[pos]) if pos < n else 'end of sequence'}",
+        problem(f"expected <eos> at position {pos + offset}, found "
+                f"{name(toks[pos]) if pos < n else 'end of sequence'}",
                 "assumed a missing <eos>")
     if pos < n:
         problem(f"{n - pos} tokens after <eos> (first: {name(toks[pos])})",
                 f"dropped {n - pos} tokens after <eos>")
+    return bodies
 
-    # ---- bodies -> local codes, with range and count checks
-    result = ParsedSequence(task=task, repairs=repairs)
+
+def _read_bodies(result: ParsedSequence, bodies: list[tuple[str, str, list[int]]], vocab: UnifiedVocabulary, *,
+                 latent_hw: tuple[int, int] | None, video_frames: int | None, audio_frames: int | None,
+                 cond_frames: int | None, audio_split: int | None, audio_pattern: str, levels: int,
+                 problem: _Problems) -> None:
+    """Each body -> local codes in ``result.condition`` / ``result.output`` (and ``result.text``), with range and
+    count checks. Segments are read in order: an output's expected size subtracts the condition frames read before
+    it when ``cond_frames`` / ``audio_split`` are not given."""
+    task = result.task
     cond_video_frames = cond_audio_frames = 0
     for role, kind, body in bodies:
         where = f"{role} {kind} segment"
+        part = result.condition if role == "cond" else result.output
         if kind == "text":
-            r = vocab.range_of("text")
-            wrong = [t for t in body if t not in r]
-            if wrong:
-                problem(f"{len(wrong)} ids in the {where} are not text ids, e.g. {name(wrong[0])}",
-                        f"removed {len(wrong)} non-text ids from the {where}")
-            local = [t - r.start for t in body if t in r]
-            (result.condition if role == "cond" else result.output)["text"] = local
-            result.text = local
+            part["text"] = result.text = _text_codes(body, vocab, where, problem)
         elif kind in ("image", "video"):
             if latent_hw is None:
                 raise SequenceError("latent_hw=(H', W') is needed to parse video and image segments")
-            per_frame = int(latent_hw[0]) * int(latent_hw[1])
-            if kind == "image":
-                expect = 0 if (role == "cond" and not body) else 1
-            elif role == "cond":
-                expect = cond_frames if task in ("vcont", "avcont") else video_frames
-                if not body and task in ("vcont", "avcont", "v2a", "v2t"):
-                    expect = 0  # a dropped condition (CFG) is valid
-            else:
-                before = 1 if task == "i2v" else (
-                    (cond_video_frames if cond_frames is None else int(cond_frames))
-                    if task in ("vcont", "avcont") else 0)
-                expect = None if video_frames is None else video_frames - before
-                if expect is not None and expect < 1:
-                    raise SequenceError(f"video_frames={video_frames} leaves no output frames for {task}")
-            codes = _fix_count(body, per_frame, expect, where, "latent frames", problem, allow_empty=role == "cond")
-            local = torch.tensor(_to_local_or_zero(codes, vocab.range_of("video"), where, problem, name),
-                                 dtype=torch.long).reshape(-1, int(latent_hw[0]), int(latent_hw[1]))
+            expect = _expected_video_frames(task, role, kind, body, video_frames=video_frames,
+                                            cond_frames=cond_frames, cond_video_frames=cond_video_frames)
+            part[kind] = _video_codes(body, expect, latent_hw, vocab, where, role, problem)
             if role == "cond":
-                cond_video_frames += local.shape[0]
-            (result.condition if role == "cond" else result.output)[kind] = local
+                cond_video_frames += part[kind].shape[0]
         else:  # audio
             if not vocab.has("audio"):
                 raise SequenceError(f"the sequence has an audio segment but the vocabulary has no audio")
             if not 1 <= levels <= vocab.num_audio_levels:
                 raise ValueError(f"num_audio_levels must be in [1, {vocab.num_audio_levels}], got {levels}")
+            expect = _expected_audio_frames(task, role, body, audio_frames=audio_frames, audio_split=audio_split,
+                                            cond_audio_frames=cond_audio_frames)
+            part["audio"] = _audio_codes(body, expect, levels, audio_pattern, vocab, where, role, problem)
             if role == "cond":
-                expect = audio_split if task == "avcont" else audio_frames
-                if not body and task in ("avcont", "a2v"):
-                    expect = 0
-            else:
-                before = (cond_audio_frames if audio_split is None else int(audio_split)) if task == "avcont" else 0
-                expect = None if audio_frames is None else audio_frames - before
-                if expect is not None and expect < 1:
-                    raise SequenceError(f"audio_frames={audio_frames} leaves no output frames for {task}")
-            codes = _fix_count(body, levels, expect, where, "audio frames", problem, allow_empty=role == "cond")
-            lvl = _audio_levels_at(len(codes), levels, audio_pattern).tolist()
-            local, wrong = [], 0
-            first_wrong = None
-            for t, lv in zip(codes, lvl):
-                r = vocab.range_of("audio", level=lv)
-                if t in r:
-                    local.append(t - r.start)
-                else:
-                    wrong += 1
-                    first_wrong = first_wrong if first_wrong is not None else (t, lv)
-                    local.append(0)
-            if wrong:
-                problem(f"{wrong} ids in the {where} are not codes of their RVQ level ({audio_pattern}), e.g. "
-                        f"{name(first_wrong[0])} where level {first_wrong[1]} was expected",
-                        f"replaced {wrong} wrong-level or non-audio ids in the {where} by code 0")
-            local_t = unflatten_audio(torch.tensor(local, dtype=torch.long), levels, audio_pattern)
-            if role == "cond":
-                cond_audio_frames += local_t.shape[1]
-            (result.condition if role == "cond" else result.output)["audio"] = local_t
+                cond_audio_frames += part["audio"].shape[1]
 
-    # ---- whole modalities
+
+def _text_codes(body: list[int], vocab: UnifiedVocabulary, where: str, problem: _Problems) -> list[int]:
+    """Local text ids of a text body; ids of other ranges are removed."""
+    r = vocab.range_of("text")
+    wrong = [t for t in body if t not in r]
+    if wrong:
+        problem(f"{len(wrong)} ids in the {where} are not text ids, e.g. {vocab.token_name(wrong[0])}",
+                f"removed {len(wrong)} non-text ids from the {where}")
+    return [t - r.start for t in body if t in r]
+
+
+def _expected_video_frames(task: str, role: str, kind: str, body: list[int], *, video_frames: int | None,
+                           cond_frames: int | None, cond_video_frames: int) -> int | None:
+    """Latent frames an image or video segment must hold (``None``: any whole number)."""
+    if kind == "image":
+        return 0 if (role == "cond" and not body) else 1
+    if role == "cond":
+        expect = cond_frames if task in ("vcont", "avcont") else video_frames
+        if not body and task in ("vcont", "avcont", "v2a", "v2t"):
+            expect = 0  # a dropped condition (CFG) is valid
+        return expect
+    before = 1 if task == "i2v" else (
+        (cond_video_frames if cond_frames is None else int(cond_frames))
+        if task in ("vcont", "avcont") else 0)
+    expect = None if video_frames is None else video_frames - before
+    if expect is not None and expect < 1:
+        raise SequenceError(f"video_frames={video_frames} leaves no output frames for {task}")
+    return expect
+
+
+def _video_codes(body: list[int], expect: int | None, latent_hw: tuple[int, int], vocab: UnifiedVocabulary,
+                 where: str, role: str, problem: _Problems) -> torch.Tensor:
+    """Local video codes ``[T', H', W']`` of an image or video body (whole frames; wrong ids become code 0)."""
+    per_frame = int(latent_hw[0]) * int(latent_hw[1])
+    codes = _fix_count(body, per_frame, expect, where, "latent frames", problem, allow_empty=role == "cond")
+    return torch.tensor(_to_local_or_zero(codes, vocab.range_of("video"), where, problem, vocab.token_name),
+                        dtype=torch.long).reshape(-1, int(latent_hw[0]), int(latent_hw[1]))
+
+
+def _expected_audio_frames(task: str, role: str, body: list[int], *, audio_frames: int | None,
+                           audio_split: int | None, cond_audio_frames: int) -> int | None:
+    """Audio frames an audio segment must hold (``None``: any whole number)."""
+    if role == "cond":
+        expect = audio_split if task == "avcont" else audio_frames
+        if not body and task in ("avcont", "a2v"):
+            expect = 0
+        return expect
+    before = (cond_audio_frames if audio_split is None else int(audio_split)) if task == "avcont" else 0
+    expect = None if audio_frames is None else audio_frames - before
+    if expect is not None and expect < 1:
+        raise SequenceError(f"audio_frames={audio_frames} leaves no output frames for {task}")
+    return expect
+
+
+def _audio_codes(body: list[int], expect: int | None, levels: int, audio_pattern: str, vocab: UnifiedVocabulary,
+                 where: str, role: str, problem: _Problems) -> torch.Tensor:
+    """Local audio codes ``[levels, frames]`` of an audio body; each id must be a code of its own RVQ level (the
+    ``audio_pattern`` says which), others become code 0."""
+    codes = _fix_count(body, levels, expect, where, "audio frames", problem, allow_empty=role == "cond")
+    lvl = _audio_levels_at(len(codes), levels, audio_pattern).tolist()
+    local, wrong = [], 0
+    first_wrong = None
+    for t, lv in zip(codes, lvl):
+        r = vocab.range_of("audio", level=lv)
+        if t in r:
+            local.append(t - r.start)
+        else:
+            wrong += 1
+            first_wrong = first_wrong if first_wrong is not None else (t, lv)
+            local.append(0)
+    if wrong:
+        problem(f"{wrong} ids in the {where} are not codes of their RVQ level ({audio_pattern}), e.g. "
+                f"{vocab.token_name(first_wrong[0])} where level {first_wrong[1]} was expected",
+                f"replaced {wrong} wrong-level or non-audio ids in the {where} by code 0")
+    return unflatten_audio(torch.tensor(local, dtype=torch.long), levels, audio_pattern)
+
+
+def _join_modalities(result: ParsedSequence) -> None:
+    """The whole video and audio (condition then output, empty parts left out) and ``condition_dropped``."""
     frames = [part[k] for part in (result.condition, result.output) for k in ("image", "video") if k in part]
     frames = [f for f in frames if f.shape[0]]
     result.video = torch.cat(frames, dim=0) if frames else None
@@ -615,7 +702,6 @@ def parse_sequence(ids: Sequence[int] | torch.Tensor, vocab: UnifiedVocabulary, 
     result.audio = torch.cat(audio_parts, dim=1) if audio_parts else None
     cond_sizes = [len(v) if isinstance(v, list) else v.numel() for v in result.condition.values()]
     result.condition_dropped = bool(cond_sizes) and all(s == 0 for s in cond_sizes)
-    return result
 
 
 def _fix_count(body: list[int], unit: int, expect_units: int | None, where: str, what: str, problem,

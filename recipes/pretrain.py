@@ -129,14 +129,14 @@ class TrainConfig:
 
 @dataclass
 class AlignmentTrainConfig:
-    """VATT-style contrastive alignment (lm/alignment.py) trained with the LM."""
+    """VATT-style contrastive alignment (lm/modeling_alignment.py) trained with the LM."""
     weight: float = 0.0  # > 0: add weight * contrastive loss (batches with video+audio or video+text rows)
     only: bool = False  # alignment-only: freeze the LM, train the head alone on the contrastive loss
     # Add the contrastive loss on every N-th optimizer step only. Its text-only and video-only backbone passes cost
     # about as much as the LM step itself (0.44 s against 0.26 s per demo step on 2 cores); on the demo, every 4th
     # step with the saved time given to LM steps retrieved better than every step (docs/what_was_tried.md).
     every: int = 1
-    head: dict[str, Any] = field(default_factory=dict)  # lm.alignment.AlignmentConfig fields (va_dim, droptoken...)
+    head: dict[str, Any] = field(default_factory=dict)  # lm.configuration_alignment.AlignmentConfig fields (va_dim...)
 
 
 @dataclass
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError("alignment.only (frozen LM) is not supported under DeepSpeed; use DDP or one process")
     align_kwargs = {}
     if use_alignment:  # the head's settings, recorded in the model config (kept if init_from already has a head)
-        from lm.alignment import AlignmentConfig
+        from lm.configuration_alignment import AlignmentConfig
 
         align_kwargs["alignment"] = AlignmentConfig.from_vocabulary(vocab, **dict(ac.head)).to_dict()
     if cfg.model.init_from:

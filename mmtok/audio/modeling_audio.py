@@ -26,13 +26,13 @@ Streaming (``causal=True``): every conv pads from the past only, so frame ``t`` 
 compute exactly the same windows as the whole-signal pass: chunked encoding gives the codes of whole encoding and
 chunked decoding the same samples, whatever the chunk sizes.
 
-Speed (inference, i.e. without autograd): activations are stored time-major (``[B, L, C]`` in memory, see
-:func:`time_major`) so oneDNN's channels-last convolutions run without layout copies; the weights are prepared once
-and cached until a parameter changes; ELUs and residual adds overwrite activations that nothing reads again (each
-fresh full-rate tensor costs tens of MB of page faults); a 1x1 conv adds into the residual inside the kernel; the
-one-channel first and last convs are matmuls. Training keeps the plain channel-first convs, whose backward is
-faster. Both compute the same function (tests compare them). At EnCodec's size this encodes and decodes about 1.5x
-faster than ``transformers.EncodecModel`` on 2 CPU cores (``bench/audio_tokenizer.py``).
+Speed (inference, i.e. without autograd): the convs run the CPU kernels of :mod:`mmtok.audio.cpu_kernels`
+(time-major activations for oneDNN's channels-last convolutions, cached weights, matmul forms of the one-channel
+first and last convs, a 1x1 conv that adds into the residual inside the kernel), and ELUs and residual adds overwrite
+activations that nothing reads again (each fresh full-rate tensor costs tens of MB of page faults). Training keeps
+the plain channel-first convs, whose backward is faster. Both compute the same function (tests compare them). At
+EnCodec's size this encodes and decodes about 1.5x faster than ``transformers.EncodecModel`` on 2 CPU cores
+(``bench/audio_tokenizer.py``).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from torch.nn.utils import parametrizations, parametrize
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from mmtok.audio import cpu_kernels
 from mmtok.audio.configuration_audio import AudioTokenizerConfig
 from mmtok.interface import check_codes, require_finite
 from mmtok.pretrained import StrictLoadingMixin
@@ -59,62 +60,15 @@ StreamState = dict
 
 
 # ------------------------------------------------------------------------------------------------------ building blocks
-# oneDNN's conv with an in-place add post-op (``other += conv(x)``), the op torch.compile fuses residual adds into;
-# a private op, hence the fallback to conv + add where this torch lacks it.
-def _fused_conv_add_op():
-    try:
-        return torch.ops.mkldnn._convolution_pointwise_.binary if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_FUSED_CONV_ADD = _fused_conv_add_op()
-
-
-def time_major(x: torch.Tensor) -> torch.Tensor:
-    """``[B, C, L]`` with the same values, stored time-major (``[B, L, C]`` in memory); a no-op when it already is.
-
-    Every conv of the codec runs in this layout: oneDNN's channels-last kernels neither reorder their input nor
-    their output, so a conv costs its arithmetic and not two layout copies (about half of a conv's time in the
-    plain ``[B, C, L]`` layout). Elementwise ops keep the layout, and the encoder's latent
-    ``[B, D, F]`` transposes for free to the channel-last ``[B, F, D]`` the residual VQ takes.
-    """
-    if x.transpose(1, 2).is_contiguous():
-        return x
-    return x.transpose(1, 2).contiguous().transpose(1, 2)
-
-
-def _as_4d(x: torch.Tensor) -> torch.Tensor:
-    # [B, C, L] -> [B, C, 1, L], channels-last (a view when x is time-major)
-    return time_major(x).unsqueeze(2)
-
-
-def inference_weight(module: nn.Module, conv: nn.Module) -> torch.Tensor:
-    """``conv.weight`` (weight norm applied) as ``[O, I, 1, K]`` channels-last, the layout oneDNN's channels-last
-    kernels read; kept on ``module`` for later no-grad calls until a parameter of ``conv`` changes (its storage or
-    version), so encoding, decoding and above all streaming small chunks do not redo the weight norm every call.
-    The price is a second copy of the conv weights while the model serves inference."""
-    try:
-        key = tuple((p.data_ptr(), p._version) for p in conv.parameters())
-    except RuntimeError:                                  # inference-mode parameters keep no version: do not cache
-        key = None
-    cached = module.__dict__.get("_inference_weight")
-    if key is not None and cached is not None and cached[0] == key:
-        return cached[1]
-    weight = conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    if key is not None:
-        module.__dict__["_inference_weight"] = (key, weight)   # a plain attribute: never in the state dict
-    return weight
-
-
 class StreamConv1d(nn.Module):
     """``Conv1d`` (optionally weight-normalized) with causal or centred padding and a streaming mode.
 
     Total padding is ``effective_kernel - stride``, all on the left when causal, so an input of ``L = k * stride``
     samples gives exactly ``k`` outputs and output ``t`` sees inputs ``< (t + 1) * stride``.
     With a ``state`` dict the conv instead prepends what it kept from the previous chunk (initially the causal zero
-    padding), emits every complete window and keeps the rest. Without autograd the output is time-major (see
-    :func:`time_major`).
+    padding), emits every complete window and keeps the rest. Without autograd the conv runs
+    :mod:`mmtok.audio.cpu_kernels`' inference kernels and its output is time-major (see
+    :func:`~mmtok.audio.cpu_kernels.time_major`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,
@@ -148,16 +102,10 @@ class StreamConv1d(nn.Module):
 
     def add_into(self, out: torch.Tensor, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         """``out += self(x, state)`` in place, and returns ``out``. Without autograd a 1x1 conv fuses the add
-        (oneDNN's conv with an add post-op): its output is never made."""
-        fusable = (self.effective_kernel == 1 and self.stride == 1 and self.conv.in_channels > 1
-                   and _FUSED_CONV_ADD is not None and x.device.type == "cpu" and x.dtype == torch.float32)
-        if fusable and not torch.is_grad_enabled() and x.shape[-1] \
-                and out.shape == (x.shape[0], self.conv.out_channels, x.shape[-1]) and out.dtype == x.dtype:
-            target = out.unsqueeze(2)                                   # [B, C_out, 1, L]
-            if target.is_contiguous(memory_format=torch.channels_last):
-                _FUSED_CONV_ADD(target, _as_4d(x), inference_weight(self, self.conv), self.conv.bias,
-                                [0, 0], [1, 1], [1, 1], 1, "add", None, None, [], None)
-                return out
+        (:func:`~mmtok.audio.cpu_kernels.conv1x1_add_`): its output is never made."""
+        if self.effective_kernel == 1 and self.stride == 1 and not torch.is_grad_enabled() \
+                and cpu_kernels.conv1x1_add_(self, out, x):
+            return out
         return out.add_(self(x, state))
 
     def _whole(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,42 +127,13 @@ class StreamConv1d(nn.Module):
         # x: [B, C_in, L] -> [B, C_out, n = (L + 2 * padding - effective_kernel) // stride + 1], time-major unless
         # training; ``padding`` zeros on both sides.
         conv = self.conv
-        if torch.is_grad_enabled():
-            # Training keeps the channel-first layout: its backward would otherwise shuttle gradients between layouts.
-            weight = conv.weight                                        # [C_out, C_in, K] (weight norm applied)
-            if conv.in_channels == 1:
-                return self._one_input_channel(x, weight, padding)
-            return F.conv1d(x, weight, conv.bias, self.stride, padding, self.dilation)
-        weight = inference_weight(self, conv)                           # [C_out, C_in, 1, K] channels-last
-        if conv.in_channels == 1:
-            return self._one_input_channel(x, weight.squeeze(2), padding)
-        if conv.out_channels < 4 and self.stride == 1:
-            return self._few_output_channels(x, weight.squeeze(2), padding)
-        y = F.conv2d(_as_4d(x), weight, conv.bias, (1, self.stride), (0, padding), (1, self.dilation))
-        return y.squeeze(2)                                             # [B, C_out, n]
-
-    def _one_input_channel(self, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
-        # SEANet's first conv: oneDNN runs a one-channel input channel-first and slowly, so gather the windows
-        # (im2col, K values per output) and make the time-major output with one matmul.
-        x = F.pad(x[:, 0], (padding, padding))                          # [B, L + 2p]
-        windows = x.unfold(-1, self.effective_kernel, self.stride)[..., :: self.dilation]   # [B, n, K]
-        y = torch.addmm(self.conv.bias, windows.flatten(0, 1), weight[:, 0].t())           # [B * n, C_out]
-        return y.view(x.shape[0], -1, self.conv.out_channels).transpose(1, 2)
-
-    def _few_output_channels(self, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
-        # SEANet's last conv (to one channel), stride 1: oneDNN is slow with so few outputs, so one matmul gives
-        # every tap's contribution y[t, j] = w_j . x[t], and output t sums y[t - p + j * dilation, j] over taps j.
-        b, c, length = x.shape
-        k, o, d = weight.shape[-1], self.conv.out_channels, self.dilation
-        y = torch.matmul(x.transpose(1, 2), weight.permute(1, 2, 0).reshape(c, k * o)).view(b, length, k, o)
-        n = length + 2 * padding - self.effective_kernel + 1
-        out = self.conv.bias.expand(b, n, o).clone()                    # [B, n, C_out]
-        for j in range(k):
-            shift = j * d - padding                                     # input index = output index + shift
-            lo, hi = max(0, -shift), min(n, length - shift)
-            if lo < hi:
-                out[:, lo:hi] += y[:, lo + shift: hi + shift, j]
-        return out.transpose(1, 2)
+        if not torch.is_grad_enabled():
+            return cpu_kernels.conv1d(self, x, self.stride, self.dilation, padding)
+        # Training keeps the channel-first layout: its backward would otherwise shuttle gradients between layouts.
+        weight = conv.weight                                            # [C_out, C_in, K] (weight norm applied)
+        if conv.in_channels == 1:                                       # SEANet's first conv, as a matmul
+            return cpu_kernels.conv1d_one_input_channel(x, weight, conv.bias, self.stride, self.dilation, padding)
+        return F.conv1d(x, weight, conv.bias, self.stride, padding, self.dilation)
 
 
 class StreamConvTranspose1d(nn.Module):
@@ -255,8 +174,7 @@ class StreamConvTranspose1d(nn.Module):
         # x: [B, C_in, T] -> [B, C_out, (T - 1) * stride + kernel], time-major
         if torch.is_grad_enabled():                                     # training: channel-first, as in _conv
             return F.conv_transpose1d(x, self.convtr.weight, bias, stride=self.stride)
-        y = F.conv_transpose2d(_as_4d(x), inference_weight(self, self.convtr), bias, stride=(1, self.stride))
-        return y.squeeze(2)
+        return cpu_kernels.conv_transpose1d(self, x, bias, self.stride)
 
 
 class ResidualUnit(nn.Module):

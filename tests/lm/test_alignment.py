@@ -1,5 +1,6 @@
-"""Tests of the VATT-style alignment head (lm/alignment.py): NCE / MIL-NCE values and symmetry, DropToken, embedding
-shapes and norms, padding invariance, training on tiny data, zero-shot helpers, 2-process gathering, bad input."""
+"""Tests of the VATT-style alignment head (lm/configuration_alignment.py, lm/modeling_alignment.py,
+lm/alignment_losses.py, lm/zero_shot.py): NCE / MIL-NCE values and symmetry, DropToken, embedding shapes and norms,
+padding invariance, training on tiny data, zero-shot helpers, 2-process gathering, bad input."""
 
 from __future__ import annotations
 
@@ -12,23 +13,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lm import MMLMConfig, MMLMForCausalLM, MMLMModel
-from lm.alignment import (
-    AlignmentConfig,
-    AlignmentHead,
-    alignment_loss,
-    drop_tokens,
-    embed_audio,
-    embed_text,
-    embed_video,
-    extract_segments,
-    gather_across_processes,
-    masked_pool,
-    mil_nce_loss,
-    nce_loss,
-    similarity,
-    zero_shot_classification,
-    zero_shot_retrieval,
-)
+from lm.alignment_losses import gather_across_processes, mil_nce_loss, nce_loss
+from lm.configuration_alignment import AlignmentConfig
+from lm.modeling_alignment import AlignmentHead, drop_tokens, extract_segments, masked_pool
+from lm.zero_shot import zero_shot_classification, zero_shot_retrieval
 from mmtok.interface import CodeSpec
 from mmtok.sequence import build_example
 from mmtok.vocab import UnifiedVocabulary
@@ -157,14 +145,14 @@ def test_embeddings_have_the_configured_dims_and_unit_norm(pooling):
     video = VOCAB.to_global("video", torch.randint(0, 64, (3, 2, 2, 2)))  # [B, T', H', W']
     audio = VOCAB.to_global("audio", torch.randint(0, 16, (3, 2, 4)))  # [B, levels, frames]
     text = VOCAB.to_global("text", torch.randint(0, 32, (3, 5)))
-    shapes = {"video_vt": (embed_video(backbone, video, head=head), VT_DIM),
-              "video_va": (embed_video(backbone, video, space="va", head=head), VA_DIM),
-              "audio": (embed_audio(backbone, audio, head=head), VA_DIM),
-              "text": (embed_text(backbone, text, head=head), VT_DIM)}
+    shapes = {"video_vt": (head.encode(backbone, "video", video)["vt"], VT_DIM),
+              "video_va": (head.encode(backbone, "video", video)["va"], VA_DIM),
+              "audio": (head.encode(backbone, "audio", audio)["va"], VA_DIM),
+              "text": (head.encode(backbone, "text", text)["vt"], VT_DIM)}
     for name, (z, dim) in shapes.items():
         assert z.shape == (3, dim), name
         assert torch.allclose(z.norm(dim=-1), torch.ones(3), atol=1e-5), name
-    sim = similarity(shapes["text"][0], shapes["video_vt"][0])
+    sim = head.similarity(shapes["text"][0], shapes["video_vt"][0])
     assert sim.shape == (3, 3) and (sim.abs() <= 1 + 1e-5).all()
 
 
@@ -176,8 +164,8 @@ def test_padding_does_not_change_an_embedding():
     short_row = VOCAB.to_global("video", torch.randint(0, 64, (5,), generator=g))
     batch = torch.full((2, 12), VOCAB.pad_id)
     batch[0], batch[1, :5] = long_row, short_row
-    together = embed_video(backbone, batch, head=head)
-    alone = embed_video(backbone, short_row[None], head=head)
+    together = head.encode(backbone, "video", batch)["vt"]
+    alone = head.encode(backbone, "video", short_row[None])["vt"]
     assert torch.allclose(together[1], alone[0], atol=1e-5)
 
 
@@ -212,7 +200,7 @@ def trained():
     backbone.train()
     head.train()
     for _ in range(40):
-        out = alignment_loss(backbone, {"input_ids": ids, "ids": clip_ids}, head=head, generator=g)
+        out = head(backbone, ids, clip_ids=clip_ids, generator=g)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -329,10 +317,10 @@ def test_bad_inputs_raise_clear_errors():
     backbone, head = make_model()
     text_only = torch.tensor([list(TEXT[:4])])
     with pytest.raises(ValueError, match="no video tokens"):
-        embed_video(backbone, torch.cat([torch.tensor([list(VIDEO[:4])]), torch.zeros(1, 4, dtype=torch.long)]),
-                    head=head)
+        head.encode(backbone, "video",
+                    torch.cat([torch.tensor([list(VIDEO[:4])]), torch.zeros(1, 4, dtype=torch.long)]))
     with pytest.raises(ValueError, match="global ids"):  # local codes, or ids of another modality
-        embed_video(backbone, text_only, head=head)
+        head.encode(backbone, "video", text_only)
     with pytest.raises(ValueError, match="same shape"):
         nce_loss(torch.randn(4, 8), torch.randn(3, 8), 10.0)
     with pytest.raises(ValueError, match="positives must be"):
@@ -348,9 +336,11 @@ def test_bad_inputs_raise_clear_errors():
         zero_shot_retrieval(backbone, video, audio_ids=VOCAB.to_global("audio", torch.randint(0, 16, (2, 8))),
                             head=head)
     with pytest.raises(ValueError, match="similarity needs"):
-        similarity(torch.randn(2, VA_DIM), torch.randn(2, VT_DIM))
+        AlignmentHead.similarity(torch.randn(2, VA_DIM), torch.randn(2, VT_DIM))
     with pytest.raises(ValueError, match="no alignment head"):
-        embed_text(backbone, text_only)
+        MMLMForCausalLM(MMLMConfig.from_preset("debug", vocab=VOCAB)).embed_text(text_only)
+    with pytest.raises(ValueError, match="no alignment head"):
+        zero_shot_classification(backbone, torch.tensor([list(VIDEO[:4])] * 2), [0, 1], [[TEXT[0]], [TEXT[1]]])
     with pytest.raises(ValueError, match="droptoken"):
         AlignmentConfig(droptoken=1.0)
     with pytest.raises(ValueError, match="unknown alignment setting"):
@@ -374,12 +364,13 @@ def test_head_saves_and_loads_with_the_model(tmp_path):
         model.alignment.log_logit_scale.fill_(math.log(20.0))
     video = VOCAB.to_global("video", torch.randint(0, 64, (2, 8)))
     text = VOCAB.to_global("text", torch.randint(0, 32, (2, 4)))
-    before = model.similarity(model.embed_text(text), model.embed_video(video))
+    before = model.alignment.similarity(model.embed_text(text), model.embed_video(video))
     model.save_pretrained(tmp_path)
     loaded = MMLMForCausalLM.from_pretrained(tmp_path).eval()
     assert loaded.config.alignment == model.config.alignment
     assert loaded.alignment.temperature == pytest.approx(0.05, rel=1e-5)
-    assert torch.allclose(loaded.similarity(loaded.embed_text(text), loaded.embed_video(video)), before, atol=1e-5)
+    assert torch.allclose(loaded.alignment.similarity(loaded.embed_text(text), loaded.embed_video(video)), before,
+                          atol=1e-5)
     ids = mixed_batch([(0, 0), (1, 1)], ["v2a", "t2v"])
     assert torch.isfinite(model.alignment_loss({"input_ids": ids}).loss)
 

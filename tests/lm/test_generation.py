@@ -18,8 +18,6 @@ from lm.generation import (
     RangeConstraintLogitsProcessor,
     SamplingConfig,
     sample_tokens,
-    text_to_video,
-    video_to_audio,
 )
 from mmtok.audio import AudioTokenizer
 from mmtok.multimodal import MultimodalTokenizer
@@ -294,8 +292,9 @@ def test_from_pretrained_loads_an_export_dir_and_names_what_is_missing(bundle, t
     assert torch.equal(a.output_ids, b.output_ids)
 
 
-def test_functional_forms(bundle, gen):
-    r = text_to_video(gen.model, bundle, CAPTIONS[0], num_frames=5, temperature=0)
+def test_a_generator_with_default_settings(bundle, gen):
+    g = MultimodalGenerator(gen.model, bundle)  # a model and bundle in memory, no settings: the frame count per call
+    r = g.text_to_video(CAPTIONS[0], num_frames=5, temperature=0)
     assert r.video.shape == (1, 3, 5, HW, HW)
-    r = video_to_audio(gen.model, bundle, clip(4), seed=0)
+    r = g.video_to_audio(clip(4), seed=0)
     assert r.audio.shape[-1] == round(5 / 8 * 16000)
