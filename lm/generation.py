@@ -2,7 +2,7 @@
 
 One call turns a condition (a caption, a clip, a waveform) into media::
 
-    gen = MultimodalGenerator.from_pretrained("outputs/demo/export")        # LM + tokenizer bundle side by side
+    gen = MultimodalGenerator.from_pretrained("outputs/demo/lm/export")     # LM + tokenizer bundle side by side
     out = gen.text_to_video("a red seven drifts up", num_samples=2, cfg_scale=3.0, top_k=100, seed=0)
     out.video            # float [N, 3, T, H, W] in [-1, 1]; out.frames(i) -> uint8 [T, H, W, 3]
     gen.video_to_audio(frames_uint8_THWC).audio          # [N, 1, S] at gen.sample_rate

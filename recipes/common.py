@@ -5,7 +5,8 @@ place (with the recipes themselves) allowed to import accelerate.
 
 Config: a recipe declares a dataclass of defaults; :func:`load_config` merges, in order, the dataclass, a YAML file
 (``--config``) and dotted ``key=value`` overrides from the command line (OmegaConf), and :func:`dump_config` writes
-the resolved result into the run folder.
+the resolved result into the run folder. Every trainer exports its final model to ``export_dir``, by default
+``<run_dir>/export`` (:func:`export_path`).
 
 Checkpoints: :func:`save_checkpoint` writes ``<run>/checkpoints/step_XXXXXXXX`` through a temporary folder and a
 rename (:func:`mmtok.io.replace_path`), then points ``<run>/checkpoints/latest`` at it with an atomic write, so a job
@@ -40,6 +41,7 @@ T = TypeVar("T")
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
+EXPORT_DIR = "export"  # <run_dir>/export: the trainers' default export folder
 
 
 # --------------------------------------------------------------------------------------------------------- config
@@ -85,6 +87,15 @@ def dump_config(cfg: Any, run_dir: str | os.PathLike, name: str = "config.yaml")
     path = Path(run_dir) / name
     atomic_write(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     return path
+
+
+def export_path(run_dir: str | os.PathLike, *, export_dir: str | os.PathLike | None = None) -> Path:
+    """Where a trainer writes its final model: ``export_dir``, else ``<run_dir>/export``.
+
+    The one layout of the video tokenizer, audio tokenizer and LM trainers (each takes a top-level ``export_dir``
+    setting), so whatever reads a run's result (the demo, the evaluation recipes) finds it in the same place.
+    """
+    return Path(export_dir) if export_dir else Path(run_dir) / EXPORT_DIR
 
 
 # --------------------------------------------------------------------------------------------------- LR schedule

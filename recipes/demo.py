@@ -14,8 +14,8 @@ stage               what                                                   outpu
 ==================  =====================================================  =====================================
 corpus              ``data/moving_digits.py`` (the embedded corpus)        ``corpus/`` (manifest, ground truth)
 text_tokenizer      SentencePiece on the train split's captions            ``text_tokenizer/``
-video_tokenizer     ``recipes/train_video_tokenizer.py``                    ``video_tokenizer/final/``
-audio_tokenizer     ``recipes/train_audio_tokenizer.py``                    ``audio_tokenizer/audio_tokenizer/``
+video_tokenizer     ``recipes/train_video_tokenizer.py``                    ``video_tokenizer/export/``
+audio_tokenizer     ``recipes/train_audio_tokenizer.py``                    ``audio_tokenizer/export/``
 bundle              ``MultimodalTokenizer`` of the three, saved            ``tokenizer/``
 tokenize            ``recipes/tokenize_dataset.py``                         ``tokens/``
 pretrain            ``recipes/pretrain.py`` on the task mixture             ``lm/export/`` (LM + bundle)
@@ -29,7 +29,9 @@ page                ``recipes/demo_page.py``                                ``in
 Training stages run as subprocesses of the recipe CLIs (their logs and progress bars stream to the console and to
 ``<out>/logs/<stage>.log``); an interrupted training stage resumes from its latest checkpoint on the next run. Each
 stage's settings are the recipe's own YAML plus the dotted ``overrides`` listed in the demo config (that is where the
-time budget lives; see ``recipes/configs/demo.yaml``). ``<out>/stages.json`` records every stage's wall-clock time.
+time budget lives; see ``recipes/configs/demo.yaml``). The three trainers' run folders share one layout: each exports
+to ``<run>/export/`` (``export_dir``, which the demo passes). ``<out>/stages.json`` records every stage's wall-clock
+time.
 """
 
 from __future__ import annotations
@@ -123,16 +125,16 @@ class StageError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------------------ paths
 class Layout:
-    """Where each stage writes, under ``out``."""
+    """Where each stage writes, under ``out`` (a trainer's result in its run folder's ``export/``)."""
 
     def __init__(self, out: str | os.PathLike):
         self.out = Path(out)
         self.corpus = self.out / "corpus"
         self.text = self.out / "text_tokenizer"
         self.video_run = self.out / "video_tokenizer"
-        self.video = self.video_run / "final"
+        self.video = self.video_run / "export"
         self.audio_run = self.out / "audio_tokenizer"
-        self.audio = self.audio_run / "audio_tokenizer"
+        self.audio = self.audio_run / "export"
         self.bundle = self.out / "tokenizer"
         self.tokens = self.out / "tokens"
         self.lm_run = self.out / "lm"
@@ -272,7 +274,7 @@ class Demo:
     def video_tokenizer(self) -> None:
         s, p = self.cfg.video_tokenizer, self.paths
         cmd = [_python(), _recipe("train_video_tokenizer.py"), *_config_args(s), *_resume_flag(p.video_run),
-               f"run_dir={p.video_run}", f"data.source={p.corpus / 'manifest.jsonl'}",
+               f"run_dir={p.video_run}", f"export_dir={p.video}", f"data.source={p.corpus / 'manifest.jsonl'}",
                f"data.size={self.cfg.corpus.size}", f"data.num_frames={self.cfg.corpus.num_frames}",
                f"data.fps={self.cfg.corpus.fps}", *s.overrides]
         run_command(cmd, self.log("video_tokenizer"))

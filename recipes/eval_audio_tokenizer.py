@@ -1,7 +1,7 @@
 """Evaluate an audio tokenizer: SI-SNR, mel distance and multi-resolution STFT distance at each bandwidth, and the
 encode + decode real-time factor.
 
-    python recipes/eval_audio_tokenizer.py --model runs/audio_tok/audio_tokenizer \\
+    python recipes/eval_audio_tokenizer.py --model runs/audio_tok/export \\
         --manifest data/moving_digits/manifest.jsonl --split test --max-files 64 --out eval.json
 
 ``--model`` is a directory saved by ``AudioTokenizer.save_pretrained`` or a local EnCodec model directory.

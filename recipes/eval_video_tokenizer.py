@@ -1,7 +1,7 @@
 """Evaluate a trained video tokenizer: PSNR, SSIM, codebook utilization, bits per pixel, compression ratio,
 encode/decode throughput, and side-by-side originals / reconstructions.
 
-    python recipes/eval_video_tokenizer.py model=outputs/demo/video_tokenizer/final \\
+    python recipes/eval_video_tokenizer.py model=outputs/demo/video_tokenizer/export \\
         data.source=outputs/demo/corpus/manifest.jsonl data.split=test out=outputs/demo/video_tokenizer/eval
 
 Writes ``<out>/metrics.json`` and ``<out>/side_by_side.gif`` + ``.mp4`` (originals above, reconstructions below).
@@ -49,7 +49,7 @@ class EvalData:
 
 @dataclass
 class EvalConfig:
-    model: str = "outputs/demo/video_tokenizer/final"   # save_pretrained folder
+    model: str = "outputs/demo/video_tokenizer/export"  # save_pretrained folder (the trainer's export_dir)
     out: str = "outputs/demo/video_tokenizer/eval"
     data: EvalData = field(default_factory=EvalData)
     max_clips: int = 64

@@ -7,28 +7,27 @@
 The loop below is the whole training procedure: AdamW (torch.optim) with weight-decay groups, linear warmup then
 cosine decay, gradient accumulation and clipping, bf16 autocast where the hardware has it, periodic evaluation with
 per-task and per-modality NLL, atomic checkpoints (``recipes.common.save_checkpoint``), exact resume, JSONL +
-TensorBoard logs, and a final export folder that ``AutoModelForCausalLM.from_pretrained`` loads (with the tokenizer
-bundle or vocabulary beside the model, and a model card).
+TensorBoard logs, and a final export folder (``export_dir``, default ``<run_dir>/export``, as the video and audio
+tokenizer trainers) that ``AutoModelForCausalLM.from_pretrained`` loads (with the tokenizer bundle or vocabulary
+beside the model, and a model card).
 
 Exactness: the batch of optimizer step ``s`` is a pure function of (seed, s), so a resumed run sees the same data;
 the loss of a step is the NLL summed over the *global* batch divided by the global count of target tokens (all
 ranks, all accumulation micro-batches), so 1 process, N processes, accumulation and DeepSpeed ZeRO train on the same
 objective and log the same losses up to float rounding.
 
-Data: ``data.source=synthetic`` builds task sequences with ``mmtok.sequence`` from seeded random codes (tests, smoke
-runs); ``data.source=shards`` reads the pre-tokenized shards through ``mmtok.data.loader`` (the data issue). Both go
-through :func:`build_data_source`, the one place to swap the data in.
+Data: ``data.source=synthetic`` builds task sequences from seeded random codes (``mmtok.data.synthetic``; tests,
+smoke runs, no input files); ``data.source=shards`` reads the pre-tokenized shards through ``mmtok.data.loader``
+(the data issue). Both go through :func:`build_data_source`, the one place to swap the data in.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -39,15 +38,16 @@ from tqdm.auto import tqdm
 
 from lm import MMLMConfig, MMLMForCausalLM
 from lm.modeling_mmlm import video_positions
-from mmtok.data.loader import collate_examples
+from mmtok.data.loader import LoaderConfig, ShardTokenData
+from mmtok.data.synthetic import SyntheticConfig, SyntheticTokenData, synthetic_vocabulary
 from mmtok.io import atomic_output, atomic_write, progress_enabled
-from mmtok.sequence import TaskExample, build_example
 from recipes.common import (
     ModelEMA,
     RunLogger,
     build_arg_parser,
     cpu_accelerator_kwargs,
     dump_config,
+    export_path,
     latest_checkpoint,
     load_checkpoint,
     load_config,
@@ -70,19 +70,6 @@ class ModelConfig:
 
 
 @dataclass
-class SyntheticConfig:
-    """Sizes of the synthetic token source (random codes laid out as real task sequences)."""
-    num_examples: int = 256
-    text_vocab: int = 64
-    text_len: int = 6
-    video_codebook: int = 64
-    video_shape: list[int] = field(default_factory=lambda: [2, 3, 3])  # latent T', H', W'
-    audio_codebook: int = 32
-    audio_levels: int = 2
-    audio_frames: int = 6
-
-
-@dataclass
 class DataConfig:
     source: str = "synthetic"  # "synthetic" | "shards"
     shards: str | None = None  # folder of token shards (data.source=shards)
@@ -100,7 +87,7 @@ class DataConfig:
     # <bos>; frames past the list weigh 1), e.g. [1.0, 4.0]: a t2v clip's first move (latent frame 1) counts 4x.
     # Training loss only (the eval losses stay plain means). Empty: every target token weighs 1.
     video_frame_loss_weights: list[float] = field(default_factory=list)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # sizes of data.source=synthetic
 
 
 @dataclass
@@ -150,116 +137,6 @@ class PretrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------------ data
-class SyntheticTokenData:
-    """Task-mixture batches of synthetic token sequences, a deterministic function of (seed, step, rank).
-
-    Stand-in for the token-shard loader (``mmtok.data.loader``): the same batches (its
-    :func:`~mmtok.data.loader.collate_examples`), the same determinism contract. Codes are random but structured
-    (each video frame shifts the previous one, audio follows video, text names a "class"), so a model can learn and
-    the loss falls.
-
-    Sample ``j`` of the training stream is example ``perm_epoch[j % N]`` with ``epoch = j // N``; optimizer step
-    ``s`` of a run with ``W`` processes, ``A`` accumulation steps and per-process batch ``b`` takes samples
-    ``[s*G, (s+1)*G)`` with ``G = b*W*A``, micro-batch ``m`` of rank ``r`` the rows ``(m*W + r)*b ...``: the global
-    batch does not depend on how it is split.
-    """
-
-    def __init__(self, cfg: DataConfig, vocab: Any, seed: int, rank: int, world: int, grad_accum: int):
-        self.cfg, self.vocab, self.seed = cfg, vocab, seed
-        self.rank, self.world, self.accum = rank, world, grad_accum
-        if any(w < 0 for w in cfg.tasks.values()) or sum(cfg.tasks.values()) <= 0:
-            raise ValueError(f"data.tasks weights must be >= 0 with a positive sum, got {dict(cfg.tasks)}")
-        self.tasks = [t for t, w in cfg.tasks.items() if w > 0]
-        weights = torch.tensor([float(cfg.tasks[t]) for t in self.tasks])
-        self.task_probs = (weights / weights.sum()).tolist()
-        self.num_examples = cfg.synthetic.num_examples
-        self._cache: dict[tuple[str, int], TaskExample] = {}
-
-    def _example(self, split: str, index: int, task: str | None = None) -> TaskExample:
-        key = (split if task is None else f"{split}/{task}", index)
-        if key not in self._cache:
-            s = self.cfg.synthetic
-            rng = random.Random(f"{self.seed}/{key[0]}/{index}")
-            task = task or rng.choices(self.tasks, weights=self.task_probs)[0]
-            cls = rng.randrange(8)  # the "content" every modality of the example agrees on
-            text = [(cls * 7 + i * 3) % s.text_vocab for i in range(s.text_len)]
-            t, h, w = s.video_shape
-            base = torch.arange(h * w).view(h, w) * (cls + 1)
-            video = torch.stack([(base + k * (cls + 1)) % s.video_codebook for k in range(t)]).long()
-            frames = torch.arange(s.audio_frames)
-            audio = torch.stack([(frames * (cls + 1) + lvl * 5 + cls) % s.audio_codebook
-                                 for lvl in range(s.audio_levels)]).long()
-            ex = build_example(task, self.vocab, text=text, video=video, audio=audio,
-                               cond_dropout=self.cfg.cond_dropout if split == "train" else 0.0, rng=rng)
-            if len(ex) > self.cfg.max_len:
-                raise ValueError(f"a {task} example has {len(ex)} tokens > data.max_len={self.cfg.max_len}")
-            self._cache[key] = ex
-        return self._cache[key]
-
-    def _train_sample(self, j: int) -> TaskExample:
-        epoch, pos = divmod(j, self.num_examples)
-        perm = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-        return self._example("train", int(perm[pos]))
-
-    def micro_batches(self, step: int) -> list[dict[str, Any]]:
-        """This rank's ``grad_accum`` micro-batches for optimizer step ``step``."""
-        b = self.cfg.batch_size
-        start = step * b * self.world * self.accum
-        out = []
-        for m in range(self.accum):
-            first = start + (m * self.world + self.rank) * b
-            out.append(collate_examples([self._train_sample(first + i) for i in range(b)], self.vocab.pad_id))
-        _, h, w = self.cfg.synthetic.video_shape
-        return frame_weighted(out, self.cfg, self.vocab, h * w)
-
-    def eval_batches(self) -> dict[str, list[dict[str, Any]]]:
-        """Per task, this rank's share of ``data.eval_batches`` global eval batches (fixed examples, no dropout)."""
-        b = self.cfg.batch_size
-        out = {}
-        for task in self.tasks:
-            out[task] = []
-            for k in range(self.cfg.eval_batches):
-                first = (k * self.world + self.rank) * b
-                out[task].append(collate_examples([self._example("eval", first + i, task) for i in range(b)],
-                                                  self.vocab.pad_id))
-        return out
-
-
-class ShardTokenData:
-    """Task-mixture batches from pre-tokenized shards through ``mmtok.data.loader.TaskMixtureLoader``.
-
-    Same contract as :class:`SyntheticTokenData`: ``micro_batches(step)`` is a pure function of (seed, step), so
-    resuming needs no replay; evaluation uses fixed batches of the eval split per task.
-    """
-
-    def __init__(self, cfg: DataConfig, bundle: Any, seed: int, rank: int, world: int, grad_accum: int):
-        from mmtok.data.loader import LoaderConfig, TaskMixtureLoader
-
-        if cfg.shards is None or not Path(cfg.shards).exists():
-            raise FileNotFoundError(f"data.shards: token shard folder not found: {cfg.shards}")
-        loader_cfg = LoaderConfig(tasks=dict(cfg.tasks), batch_size=cfg.batch_size, seed=seed,
-                                  cond_dropout=cfg.cond_dropout, max_length=cfg.max_len)
-        kw = dict(rank=rank, world_size=world, audio_pattern=bundle.audio_pattern,
-                  num_audio_levels=bundle.num_audio_levels)
-        self.train = TaskMixtureLoader(cfg.shards, bundle.vocab, loader_cfg, split=cfg.train_split, **kw)
-        self.eval = (TaskMixtureLoader(cfg.shards, bundle.vocab, loader_cfg, split=cfg.eval_split, **kw)
-                     if cfg.eval_split is not None else None)
-        self.cfg, self.accum = cfg, grad_accum
-        if cfg.video_frame_loss_weights and bundle.latent_hw is None:
-            raise ValueError("data.video_frame_loss_weights needs the bundle's video latent size (latent_hw)")
-        self.cells_per_frame = bundle.latent_hw[0] * bundle.latent_hw[1] if bundle.latent_hw is not None else 0
-
-    def micro_batches(self, step: int) -> list[dict[str, Any]]:
-        return frame_weighted(self.train.micro_batches(step, self.accum), self.cfg, self.train.vocab,
-                              self.cells_per_frame)
-
-    def eval_batches(self) -> dict[str, list[dict[str, Any]]]:
-        if self.eval is None:
-            return {}
-        return {task: self.eval.eval_batches(task, self.cfg.eval_batches)
-                for task, weight in self.cfg.tasks.items() if weight > 0}
-
-
 def weigh_video_frames(batch: dict[str, Any], weights: Sequence[float], *, video_range: tuple[int, int],
                        bos_id: int, cells_per_frame: int) -> dict[str, Any]:
     """``batch`` with a float ``loss_mask``: each target video token of latent frame ``k`` weighs ``weights[k]``
@@ -283,6 +160,19 @@ def frame_weighted(batches: list[dict[str, Any]], cfg: DataConfig, vocab: Any,
                                cells_per_frame=cells_per_frame) for b in batches]
 
 
+class FrameWeightedData:
+    """A data source whose training micro-batches carry ``data.video_frame_loss_weights`` (evaluation stays plain)."""
+
+    def __init__(self, data: Any, cfg: DataConfig, vocab: Any, cells_per_frame: int):
+        self.data, self.cfg, self.vocab, self.cells_per_frame = data, cfg, vocab, cells_per_frame
+
+    def micro_batches(self, step: int) -> list[dict[str, Any]]:
+        return frame_weighted(self.data.micro_batches(step), self.cfg, self.vocab, self.cells_per_frame)
+
+    def eval_batches(self) -> dict[str, list[dict[str, Any]]]:
+        return self.data.eval_batches()
+
+
 def load_bundle(cfg: DataConfig) -> tuple[Any, Any]:
     """(vocabulary, ``MultimodalTokenizer`` or None): the bundle of ``data.bundle``, else (synthetic data, which
     has no tokenizers) a vocabulary laid out from ``data.synthetic``."""
@@ -295,23 +185,38 @@ def load_bundle(cfg: DataConfig) -> tuple[Any, Any]:
         return bundle.vocab, bundle
     if cfg.source != "synthetic":
         raise ValueError("data.bundle is required with data.source=shards (the shards' tokenizer bundle)")
-    from mmtok.interface import CodeSpec
-    from mmtok.vocab import UnifiedVocabulary
-
-    s = cfg.synthetic
-    vocab = UnifiedVocabulary(text=CodeSpec("text", s.text_vocab), video=CodeSpec("video", s.video_codebook),
-                              audio=CodeSpec("audio", s.audio_codebook, num_codebooks=s.audio_levels))
-    return vocab, None
+    return synthetic_vocabulary(cfg.synthetic), None
 
 
 def build_data_source(cfg: DataConfig, vocab: Any, bundle: Any, seed: int, rank: int, world: int,
                       grad_accum: int) -> Any:
-    """The run's data: an object with ``micro_batches(step)`` and ``eval_batches()`` (the one place to swap data)."""
+    """The run's data: an object with ``micro_batches(step)`` and ``eval_batches()`` (the one place to swap data).
+
+    ``data.source=synthetic``: :class:`mmtok.data.synthetic.SyntheticTokenData`; ``data.source=shards``:
+    :class:`mmtok.data.loader.ShardTokenData`. Both are pure functions of (seed, step), so resuming needs no replay.
+    """
     if cfg.source == "synthetic":
-        return SyntheticTokenData(cfg, vocab, seed, rank, world, grad_accum)
-    if cfg.source == "shards":
-        return ShardTokenData(cfg, bundle, seed, rank, world, grad_accum)
-    raise ValueError(f"data.source must be 'synthetic' or 'shards', got {cfg.source!r}")
+        data = SyntheticTokenData(vocab, cfg.synthetic, tasks=cfg.tasks, batch_size=cfg.batch_size,
+                                  max_length=cfg.max_len, cond_dropout=cfg.cond_dropout,
+                                  eval_batches=cfg.eval_batches, seed=seed, rank=rank, world_size=world,
+                                  grad_accum=grad_accum)
+        _, h, w = cfg.synthetic.video_shape
+        cells_per_frame = h * w
+    elif cfg.source == "shards":
+        if cfg.shards is None or not Path(cfg.shards).exists():
+            raise FileNotFoundError(f"data.shards: token shard folder not found: {cfg.shards}")
+        loader_cfg = LoaderConfig(tasks=dict(cfg.tasks), batch_size=cfg.batch_size, seed=seed,
+                                  cond_dropout=cfg.cond_dropout, max_length=cfg.max_len)
+        data = ShardTokenData(cfg.shards, bundle.vocab, loader_cfg, train_split=cfg.train_split,
+                              eval_split=cfg.eval_split, eval_batches=cfg.eval_batches, grad_accum=grad_accum,
+                              rank=rank, world_size=world, audio_pattern=bundle.audio_pattern,
+                              num_audio_levels=bundle.num_audio_levels)
+        if cfg.video_frame_loss_weights and bundle.latent_hw is None:
+            raise ValueError("data.video_frame_loss_weights needs the bundle's video latent size (latent_hw)")
+        cells_per_frame = bundle.latent_hw[0] * bundle.latent_hw[1] if bundle.latent_hw is not None else 0
+    else:
+        raise ValueError(f"data.source must be 'synthetic' or 'shards', got {cfg.source!r}")
+    return FrameWeightedData(data, cfg, vocab, cells_per_frame) if cfg.video_frame_loss_weights else data
 
 
 # ------------------------------------------------------------------------------------------- optimization
@@ -405,7 +310,7 @@ def export(accelerator: Accelerator, model, cfg: PretrainConfig, vocab: Any, bun
     ``AutoModelForCausalLM.from_pretrained(dir)`` and ``MultimodalTokenizer.from_pretrained(dir)`` both load it.
     Synthetic runs have no tokenizers: they write the vocabulary alone (``vocab.json``, the bundle's file name).
     """
-    export_dir = Path(cfg.export_dir or Path(cfg.run_dir) / "export")
+    export_dir = export_path(cfg.run_dir, export_dir=cfg.export_dir)
     if state_dict is None:  # the weights to export (default: the model's own)
         state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards; every rank must call it
     if accelerator.is_main_process:

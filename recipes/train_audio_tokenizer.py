@@ -14,8 +14,9 @@ decoded are skipped, counted and listed in ``<run>/bad_files.json``.
 
 The run folder gets the resolved ``config.yaml``, ``metrics.jsonl`` + TensorBoard logs, atomic checkpoints
 (``checkpoints/``, resumed exactly: each step's batch and randomness derive from ``(seed, step)``), sample WAVs every
-``train.sample_every`` steps (``samples/``), and at the end the exported tokenizer ``audio_tokenizer/``
-(``AudioTokenizer.from_pretrained``-loadable; the EMA weights when ``train.ema_decay > 0``) with ``eval.json``.
+``train.sample_every`` steps (``samples/``), and at the end the exported tokenizer in ``export_dir`` (default
+``<run_dir>/export``, as the video tokenizer and LM trainers; ``AudioTokenizer.from_pretrained``-loadable; the EMA
+weights when ``train.ema_decay > 0``) with ``eval.json``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from mmtok.audio.evaluation import evaluate_codec, format_table
 from mmtok.data.audio_clips import AudioClips
 from mmtok.io import atomic_write, progress_enabled
 from recipes.common import (
-    ModelEMA, RunLogger, build_arg_parser, cpu_accelerator_kwargs, dump_config, load_checkpoint, load_config,
-    save_checkpoint, warmup_cosine,
+    ModelEMA, RunLogger, build_arg_parser, cpu_accelerator_kwargs, dump_config, export_path, load_checkpoint,
+    load_config, save_checkpoint, warmup_cosine,
 )
 
 
@@ -103,11 +104,11 @@ class LossConfig:
 @dataclass
 class AudioTokenizerTrainConfig:
     run_dir: str = "runs/audio_tokenizer"
+    export_dir: str | None = None           # default: <run_dir>/export
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    export_dir: str | None = None           # default: <run_dir>/audio_tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------------- data
@@ -272,7 +273,7 @@ def train(cfg: AudioTokenizerTrainConfig, resume: bool = False, allow_inexact_re
         return result
     if accelerator.is_main_process:
         final = ema.module if ema is not None else raw
-        export = Path(cfg.export_dir) if cfg.export_dir else run / "audio_tokenizer"
+        export = export_path(run, export_dir=cfg.export_dir)
         final.eval()
         final.save_pretrained(export)
         if val_clips:

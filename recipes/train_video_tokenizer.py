@@ -23,7 +23,8 @@ model many more different scenes per unit of compute than full clips do.
 The batch of step ``s`` depends only on ``(train.seed, s)`` and the model has no randomness, so ``--resume`` continues
 exactly (on CPU, a resumed run's losses equal an uninterrupted run's). The run folder holds ``config.yaml``,
 ``metrics.jsonl`` + ``tensorboard/``, ``checkpoints/`` (atomic, ``latest`` pointer), ``samples/step_*.gif``
-(originals above, reconstructions below) and, at the end, ``final/`` (``save_pretrained`` of the EMA weights when
+(originals above, reconstructions below) and, at the end, the exported tokenizer in ``export_dir`` (default
+``<run_dir>/export``, as the audio tokenizer and LM trainers; ``save_pretrained`` of the EMA weights when
 ``train.ema_decay > 0``), which ``VideoTokenizer.from_pretrained`` / ``AutoModel.from_pretrained`` load.
 """
 
@@ -50,8 +51,8 @@ from mmtok.video import VideoTokenizer
 from mmtok.video.losses import (
     LeCamEMA, PerceptualLoss, VideoDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, reconstruction_loss)
 from recipes.common import (
-    ModelEMA, RunLogger, build_arg_parser, cpu_accelerator_kwargs, dump_config, load_checkpoint, load_config,
-    save_checkpoint, warmup_cosine)
+    ModelEMA, RunLogger, build_arg_parser, cpu_accelerator_kwargs, dump_config, export_path, load_checkpoint,
+    load_config, save_checkpoint, warmup_cosine)
 
 
 # ------------------------------------------------------------------------------------------------------------ config
@@ -107,6 +108,7 @@ class TrainConfig:
 @dataclass
 class TrainVideoTokenizerConfig:
     run_dir: str = "outputs/video_tokenizer"
+    export_dir: Optional[str] = None         # default: <run_dir>/export
     model: ModelConfig = field(default_factory=ModelConfig)
     data: VideoClipConfig = field(default_factory=VideoClipConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ---- export
     if accelerator.is_main_process:
         final = ema.module if ema is not None else raw
-        final.save_pretrained(run_dir / "final")
+        final.save_pretrained(export_path(run_dir, export_dir=cfg.export_dir))
         data.report.write(run_dir / "bad_files.json")
         if len(data.report):
             print(f"bad files: {data.report.summary()}")

@@ -1,8 +1,10 @@
-"""Data for mmtok: media decoding (PyAV), ingestion of manifests and folders, token shards and the training-side
-loader. Corpora that come with knowledge of their content (the Moving-Digits corpus) live in :mod:`mmtok.datasets`.
+"""Data for mmtok: media decoding (PyAV), ingestion of manifests and folders, token shards, the training-side
+loader and its synthetic stand-in. Corpora that come with knowledge of their content (the Moving-Digits corpus) live
+in :mod:`mmtok.datasets`.
 
 Light imports only here (NumPy, PyAV, and torch for :mod:`mmtok.frames`, which importing :mod:`mmtok` loads anyway);
-:mod:`mmtok.data.shards` and :mod:`mmtok.data.loader` (datasets) are imported on their own.
+:mod:`mmtok.data.shards`, :mod:`mmtok.data.loader` (datasets) and :mod:`mmtok.data.synthetic` are imported on their
+own.
 """
 
 from mmtok.data.ingest import (

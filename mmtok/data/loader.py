@@ -24,6 +24,10 @@ Memory-mapped :class:`datasets.Dataset` shards are read row by row on demand. Wi
 than RAM) rows arrive from a :class:`datasets.IterableDataset` split across ranks with
 ``datasets.distributed.split_dataset_by_node`` and shuffled with a buffer; then the number of steps per epoch is not
 known in advance and ranks may differ by a batch at the end of an epoch.
+
+A training loop takes its data through :class:`ShardTokenData` (a train-split and an eval-split loader behind
+``micro_batches(step)`` and ``eval_batches()``), the interface :class:`mmtok.data.synthetic.SyntheticTokenData`, its
+no-files stand-in, also has.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from mmtok.data.shards import load_token_dataset, read_dataset_info, row_codes
 from mmtok.sequence import TASKS, build_example
 from mmtok.vocab import UnifiedVocabulary
 
-__all__ = ["LoaderConfig", "TaskMixtureLoader", "collate_examples", "eligible_tasks"]
+__all__ = ["LoaderConfig", "ShardTokenData", "TaskMixtureLoader", "collate_examples", "eligible_tasks"]
 
 DEFAULT_MIXTURE = {"t2v": 1.0, "t2i": 0.25, "i2v": 0.5, "v2a": 1.0, "a2v": 0.5, "vcont": 0.5, "avcont": 0.25,
                    "v2t": 0.25}
@@ -423,3 +427,43 @@ class TaskMixtureLoader:
         batch["ids"] = [e.row_id for e in examples]
         batch["epoch"] = epoch
         return batch
+
+
+class ShardTokenData:
+    """A training run's token data from pre-tokenized shards: a :class:`TaskMixtureLoader` over the train split
+    and one over the eval split.
+
+    Same contract as :class:`mmtok.data.synthetic.SyntheticTokenData`: ``micro_batches(step)`` is a pure function of
+    (seed, step), so resuming needs no replay; ``eval_batches()`` gives fixed batches of the eval split per task.
+
+    Args:
+        shards: the token dataset folder (:mod:`mmtok.data.shards`).
+        vocab: its vocabulary (the bundle's).
+        config: the batching settings of both loaders (the tasks with weight > 0 are also the evaluated ones).
+        train_split: rows of this split train (``None``: all rows).
+        eval_split: rows of this split evaluate (``None``: no evaluation).
+        eval_batches: global evaluation batches per task.
+        grad_accum: micro-batches per optimizer step on each process.
+        rank, world_size, audio_pattern, num_audio_levels: as :class:`TaskMixtureLoader`'s.
+    """
+
+    def __init__(self, shards: str | os.PathLike, vocab: UnifiedVocabulary, config: LoaderConfig, *,
+                 train_split: str | None = "train", eval_split: str | None = "validation", eval_batches: int = 2,
+                 grad_accum: int = 1, rank: int = 0, world_size: int = 1, audio_pattern: str | None = None,
+                 num_audio_levels: int | None = None) -> None:
+        kw = dict(rank=rank, world_size=world_size, audio_pattern=audio_pattern, num_audio_levels=num_audio_levels)
+        self.train = TaskMixtureLoader(shards, vocab, config, split=train_split, **kw)
+        self.eval = (TaskMixtureLoader(shards, vocab, config, split=eval_split, **kw)
+                     if eval_split is not None else None)
+        self.config, self.num_eval_batches, self.accum = config, eval_batches, grad_accum
+
+    def micro_batches(self, step: int) -> list[dict[str, Any]]:
+        """This rank's ``grad_accum`` micro-batches for optimizer step ``step``."""
+        return self.train.micro_batches(step, self.accum)
+
+    def eval_batches(self) -> dict[str, list[dict[str, Any]]]:
+        """Per task, this rank's share of the ``eval_batches`` global eval batches ({} without an eval split)."""
+        if self.eval is None:
+            return {}
+        return {task: self.eval.eval_batches(task, self.num_eval_batches)
+                for task, weight in self.config.tasks.items() if weight > 0}

@@ -62,6 +62,14 @@ def test_run_command_streams_to_log_and_raises(tmp_path):
         run_command([sys.executable, "-c", "import sys; sys.exit(3)"], log)
 
 
+def test_layout_reads_each_trainer_export_where_the_trainer_writes_it(tmp_path):
+    from recipes.common import export_path
+
+    paths = Layout(tmp_path)
+    for run, export in ((paths.video_run, paths.video), (paths.audio_run, paths.audio), (paths.lm_run, paths.export)):
+        assert export == export_path(run) == run / "export"
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
 def test_every_stage_writes_its_outputs(demo_out):

@@ -58,7 +58,7 @@ def test_recipe_trains_writes_artifacts_and_skips_bad_files(tmp_path, audio_dir)
     from mmtok.audio import load_audio_tokenizer
     from recipes.eval_audio_tokenizer import main as eval_main
 
-    export = run_dir / "audio_tokenizer"
+    export = run_dir / "export"                                         # <run_dir>/export, as every trainer
     tok = load_audio_tokenizer(export)
     assert tok.encode(torch.zeros(1, 1, 64)).shape == (1, 4, 2)
     assert set(json.loads((export / "eval.json").read_text())["levels"]) == {"1", "2", "4"}
@@ -73,7 +73,7 @@ def test_resume_continues_exactly_and_loss_falls(tmp_path, audio_dir):
     run(tmp_path / "full", audio_dir, "loss.adversarial=0", "train.eval_every=100", "train.sample_every=100")
     run(tmp_path / "cut", audio_dir, "loss.adversarial=0", "train.eval_every=100", "train.sample_every=100",
         "train.stop_at=6")
-    assert not (tmp_path / "cut" / "audio_tokenizer").exists()          # interrupted runs do not export
+    assert not (tmp_path / "cut" / "export").exists()                   # interrupted runs do not export
     run(tmp_path / "cut", audio_dir, "loss.adversarial=0", "train.eval_every=100", "train.sample_every=100",
         resume=True)
     full = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "full") if "loss" in r}

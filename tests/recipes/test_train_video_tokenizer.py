@@ -103,7 +103,7 @@ def test_recipe_trains_exports_and_resumes_exactly(media, tmp_path):
     assert sorted(p.name for p in (run / "samples").glob("*.gif")) == ["step_00000003.gif", "step_00000006.gif"]
     assert (run / "config.yaml").is_file() and (run / "tensorboard").is_dir()
 
-    model = AutoModel.from_pretrained(run / "final")
+    model = AutoModel.from_pretrained(run / "export")                       # <run_dir>/export, as every trainer
     assert isinstance(model, VideoTokenizer)
     assert model.config.fps == 8.0                                          # the data's frame rate is recorded
     assert model.encode(torch.zeros(1, 9, 16, 16, 3, dtype=torch.uint8)).shape == (1, 3, 4, 4)
@@ -134,10 +134,12 @@ def test_recipe_loss_falls_on_a_folder(media, tmp_path):
 
 def test_recipe_joint_image_video_steps(media, tmp_path):
     run = tmp_path / "run"
-    main(overrides(run, media, 4, **{"data.image_batch_size": 3, "data.image_every": 2, "loss.disc_start": 0}))
+    main(overrides(run, media, 4, **{"data.image_batch_size": 3, "data.image_every": 2, "loss.disc_start": 0,
+                                     "export_dir": tmp_path / "tokenizer"}))
     rows = [r for r in read_metrics(run) if "loss" in r]
     assert [r["image_step"] for r in rows] == [0, 1, 0, 1]
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["d_loss"]) for r in rows)
+    assert (tmp_path / "tokenizer" / "config.json").is_file() and not (run / "export").exists()   # export_dir
 
 
 def test_same_config_same_steps_gives_the_same_codes(media, tmp_path):
@@ -149,7 +151,7 @@ def test_same_config_same_steps_gives_the_same_codes(media, tmp_path):
     codes = []
     for name in ("a", "b"):
         main(overrides(tmp_path / name, media / "manifest.jsonl", 5, **extra))
-        model = VideoTokenizer.from_pretrained(tmp_path / name / "final").eval()
+        model = VideoTokenizer.from_pretrained(tmp_path / name / "export").eval()
         assert model.config.quantizer == "fsq" and model.codebook_size == 125
         codes.append(model.encode(video))
     losses = [[r["loss"] for r in read_metrics(tmp_path / n) if "loss" in r] for n in ("a", "b")]
