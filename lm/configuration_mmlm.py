@@ -59,15 +59,14 @@ def _range_pair(r: Any) -> list[int]:
 
 
 def _find_vocabulary(obj: Any) -> Any:
-    """The vocabulary itself, or the one a tokenizer bundle holds (``.vocab`` / ``.vocabulary``)."""
+    """The vocabulary itself, or the one a tokenizer bundle (``mmtok.MultimodalTokenizer``) holds as ``.vocab``."""
     if hasattr(obj, "fingerprint"):
         return obj
-    for name in ("vocab", "vocabulary"):
-        inner = getattr(obj, name, None)
-        if inner is not None and hasattr(inner, "fingerprint"):
-            return inner
+    inner = getattr(obj, "vocab", None)
+    if inner is not None and hasattr(inner, "fingerprint"):
+        return inner
     raise TypeError(f"{type(obj).__name__} is neither a vocabulary (with .fingerprint, .size, .range_of) nor a "
-                    f"tokenizer bundle holding one as .vocab / .vocabulary")
+                    f"tokenizer bundle holding one as .vocab")
 
 
 def vocabulary_layout(vocab_or_bundle: Any) -> dict[str, Any]:
@@ -146,7 +145,7 @@ class MMLMConfig(PretrainedConfig):
     """
 
     model_type = "mmlm"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
 
     vocab_size: int = 1024
     hidden_size: int = 256
@@ -277,18 +276,11 @@ def _describe(fingerprint: str | None, size: int, ranges: dict[str, list[int]]) 
 
 
 def _special_ids(vocab_or_bundle: Any) -> dict[str, int]:
-    """pad/bos/eos ids a vocabulary exposes as ``pad_id``/``bos_id``/``eos_id`` or through ``token_to_id``."""
+    """The pad/bos/eos ids of a vocabulary (``UnifiedVocabulary.pad_id`` / ``bos_id`` / ``eos_id``), those it has."""
     vocab = _find_vocabulary(vocab_or_bundle)
     out: dict[str, int] = {}
-    for key, token in (("pad", "<pad>"), ("bos", "<bos>"), ("eos", "<eos>")):
+    for key in ("pad", "bos", "eos"):
         value = getattr(vocab, f"{key}_id", None)
-        if value is None:
-            lookup = getattr(vocab, "token_to_id", None) or getattr(vocab, "special_id", None)
-            if callable(lookup):
-                try:
-                    value = lookup(token)
-                except (KeyError, ValueError, LookupError):
-                    value = None
         if value is not None:
             out[f"{key}_token_id"] = int(value)
     return out

@@ -187,7 +187,7 @@ def sample_tokens(model: Any, prompts: Sequence[torch.Tensor], constraints: torc
     """Draw ``constraints.shape[0]`` tokens after each prompt: the decoding loop behind every task.
 
     Args:
-        model: a causal LM whose forward takes ``input_ids``, ``attention_mask``, ``past_key_values``,
+        model: a causal LM whose forward takes ``input_ids``, ``attention_mask``, ``cache``,
             ``use_cache``, ``logits_to_keep`` and ``prefix_len`` (:class:`lm.MMLMForCausalLM`).
         prompts: ``B`` 1-D LongTensors of global ids (lengths may differ).
         constraints: LongTensor ``[n, 2]``, the allowed ``[lo, hi)`` per output position (shared by all prompts).
@@ -244,7 +244,7 @@ def sample_tokens(model: Any, prompts: Sequence[torch.Tensor], constraints: torc
             extra = {}
             if getattr(model.config, "video_grid", None) is not None:   # the cached step sees only its new tokens
                 extra["video_positions"] = model.model.video_token_positions(ids, last=step_input.shape[1])
-            res = model(input_ids=step_input, attention_mask=attn, past_key_values=cache, use_cache=True,
+            res = model(input_ids=step_input, attention_mask=attn, cache=cache, use_cache=True,
                         prefix_len=prefix_len, logits_to_keep=1, **extra)
         else:
             res = model(input_ids=ids, attention_mask=attn, use_cache=False, prefix_len=prefix_len,

@@ -13,6 +13,10 @@ Reading order:
    output segment only), per-modality NLL from the config's id ranges, and HF ``generate`` (KV cache included)
    through :class:`~transformers.GenerationMixin`.
 
+Written against transformers >= 5.24 (``pyproject.toml`` pins ``>=5.24,<6``): the KV cache is the ``cache`` argument
+and output field everywhere, as in 5.24's own Llama; ``past_key_values`` is still taken, with transformers'
+deprecation warning, exactly as ``LlamaModel`` takes it.
+
 Batch conventions (the ones ``mmtok.sequence`` builds): ``input_ids [B, L]``; ``loss_mask [B, L]`` is 1 where the
 token at that position is a training target (predicted from the position before it); ``prefix_len [B]`` counts
 the conditioning tokens at the start of each row; padding goes at the end (``pad_token_id``, ``loss_mask`` 0), so
@@ -21,7 +25,6 @@ causal attention already keeps real tokens from seeing it and no ``attention_mas
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -29,29 +32,24 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llama.modeling_llama import (
-    LlamaAttention,
     LlamaDecoderLayer,
+    LlamaPreTrainedModel,
     LlamaRMSNorm,
     LlamaRotaryEmbedding,
 )
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from lm.configuration_mmlm import MMLMConfig
 from lm.modeling_alignment import AlignmentHead, AlignmentOutput
 from mmtok.pretrained import StrictLoadingMixin
-
-# transformers 5.24 renamed the KV cache argument from past_key_values to cache (the old name warns until 5.40);
-# the layers and the mask builder get it under the name the installed version takes.
-_CACHE_KW = "cache" if "cache" in inspect.signature(LlamaDecoderLayer.forward).parameters else "past_key_values"
-_MASK_CACHE_KW = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
-_OUTPUT_CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 IGNORE_INDEX = -100
 
@@ -87,8 +85,7 @@ def prefix_lm_mask(prefix_len: torch.Tensor, q_len: int, kv_len: int | None = No
 class MMLMCausalLMOutput(CausalLMOutputWithPast):
     """:class:`~transformers.modeling_outputs.CausalLMOutputWithPast` plus per-modality statistics.
 
-    Attributes (beyond the parent's ``loss``, ``logits``, ``past_key_values`` (``cache`` from transformers 5.24 on),
-    ``hidden_states``, ``attentions``):
+    Attributes (beyond the parent's ``loss``, ``logits``, ``cache``, ``hidden_states``, ``attentions``):
         modality_nll: ``{modality: mean NLL (nats) of the loss-masked target tokens in its id range}`` (detached;
             ``nan`` where the batch has no such target).
         modality_tokens: ``{modality: number of those targets}`` (0-d int64 tensors), so callers can average
@@ -178,8 +175,9 @@ class VideoPositionEmbedding(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- the model
-class MMLMPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
-    """Weight init, attention-backend flags and output capture shared by the mmlm models."""
+class MMLMPreTrainedModel(StrictLoadingMixin, LlamaPreTrainedModel):
+    """Llama's attention-backend flags and output capture (``LlamaPreTrainedModel``), plus the mmlm config, strict
+    loading and the alignment head's init."""
 
     @classmethod
     def _new_weight_prefixes(cls, kwargs: dict[str, Any]) -> tuple[str, ...]:
@@ -188,15 +186,8 @@ class MMLMPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
 
     config: MMLMConfig
     config_class = MMLMConfig
-    base_model_prefix = "model"
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["LlamaDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values", "cache"]
-    _supports_flash_attn = True
-    _supports_sdpa = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    _can_record_outputs = {"hidden_states": LlamaDecoderLayer, "attentions": LlamaAttention}
+    # the prefix mask and the input checks read tensor values (prefix_len.max(), the first mask column)
+    _can_compile_fullgraph = False
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -239,7 +230,7 @@ class MMLMModel(MMLMPreTrainedModel):
         return pos if last is None else pos[:, pos.shape[1] - last:]
 
     def build_attention_mask(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
-                             past_key_values: Cache | None, position_ids: torch.Tensor,
+                             cache: Cache | None, position_ids: torch.Tensor,
                              prefix_len: torch.Tensor | None) -> Any:
         """The mask handed to every attention layer, in the form the configured attention backend wants.
 
@@ -249,7 +240,7 @@ class MMLMModel(MMLMPreTrainedModel):
         """
         or_mask = None
         if prefix_len is not None and self.config.prefix_lm:
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past = cache.get_seq_length() if cache is not None else 0
             # Queries at or after the longest prefix see the prefix anyway (causally): no overlay needed, e.g. in
             # every decoding step after the prompt.
             if int(prefix_len.max()) > past:
@@ -269,9 +260,9 @@ class MMLMModel(MMLMPreTrainedModel):
                         ~allowed, torch.finfo(inputs_embeds.dtype).min)
                 or_mask = prefix_lm_overlay(prefix_len)
         return create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, or_mask_function=or_mask,
-                                  **{_MASK_CACHE_KW: past_key_values})
+                                  cache=cache, position_ids=position_ids, or_mask_function=or_mask)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -279,11 +270,10 @@ class MMLMModel(MMLMPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         prefix_len: torch.LongTensor | None = None,
-        cache: Cache | None = None,
         video_positions: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
@@ -293,16 +283,15 @@ class MMLMModel(MMLMPreTrainedModel):
             input_ids: ``[B, L]`` global token ids (or ``inputs_embeds [B, L, H]``).
             attention_mask: optional ``[B, past + L]`` padding mask (1 = real token), as in transformers.
             position_ids: optional ``[B, L]`` RoPE positions; default ``past .. past + L - 1``.
-            past_key_values: a transformers :class:`~transformers.Cache` to extend (generation).
+            cache: a transformers :class:`~transformers.Cache` to extend (generation); ``past_key_values`` is taken
+                for it with transformers' deprecation warning, as in ``LlamaModel``.
             use_cache: return the (new) cache.
             prefix_len: optional ``[B]`` number of conditioning tokens per row (bidirectional attention over them);
                 ignored when ``config.prefix_lm`` is False.
-            cache: ``past_key_values`` under the name transformers >= 5.24 gives it (its ``generate`` passes this).
             video_positions: optional ``[B, L]`` (:func:`video_positions` of the whole sequence, this call's tail),
                 for a model with ``config.video_grid``; computed from ``input_ids`` when not given, which needs the
                 whole sequence, so a call that extends a KV cache must pass it.
         """
-        past_key_values = _one_cache(past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
@@ -312,9 +301,9 @@ class MMLMModel(MMLMPreTrainedModel):
             else:
                 inputs_embeds = F.embedding(input_ids, self.embed_levels.add_to(self.embed_tokens.weight),
                                             self.padding_idx)  # [B, L, H]
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past = cache.get_seq_length() if cache is not None else 0
         if self.embed_video_positions is not None:
             if video_positions is None:
                 if input_ids is None or past > 0:
@@ -330,15 +319,14 @@ class MMLMModel(MMLMPreTrainedModel):
         if position_ids is None:
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past).unsqueeze(0)
 
-        mask = self.build_attention_mask(inputs_embeds, attention_mask, past_key_values, position_ids, prefix_len)
+        mask = self.build_attention_mask(inputs_embeds, attention_mask, cache, position_ids, prefix_len)
         hidden_states = inputs_embeds  # [B, L, H]
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)  # (cos, sin) [B, L, head_dim]
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask=mask, position_embeddings=position_embeddings,
-                                  position_ids=position_ids, use_cache=use_cache, **{_CACHE_KW: past_key_values},
-                                  **kwargs)  # [B, L, H]
+                                  position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs)  # [B, L, H]
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{_OUTPUT_CACHE_FIELD: past_key_values})
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
 
 class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
@@ -422,12 +410,13 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         device = next(head.parameters()).device
         return head(self.model, batch["input_ids"].to(device), clip_ids=batch.get("ids"), generator=generator)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         loss_mask: torch.Tensor | None = None,
@@ -435,7 +424,6 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
-        cache: Cache | None = None,
         **kwargs: Any,
     ) -> MMLMCausalLMOutput:
         """Logits, and the loss when ``labels`` or ``loss_mask`` is given.
@@ -458,8 +446,7 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         """
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=_one_cache(past_key_values, cache), inputs_embeds=inputs_embeds, use_cache=use_cache,
-            prefix_len=prefix_len, **kwargs)
+            cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, prefix_len=prefix_len, **kwargs)
         hidden_states = outputs.last_hidden_state  # [B, L, H]
 
         loss = modality_nll = modality_tokens = num_loss_tokens = None
@@ -474,8 +461,7 @@ class MMLMForCausalLM(MMLMPreTrainedModel, GenerationMixin):
         else:
             logits = self.head(slice_logits_to_keep(hidden_states, logits_to_keep))  # [B, L', V]
 
-        kv = {_OUTPUT_CACHE_FIELD: getattr(outputs, _OUTPUT_CACHE_FIELD)}   # under the installed version's name
-        return MMLMCausalLMOutput(loss=loss, logits=logits, **kv,
+        return MMLMCausalLMOutput(loss=loss, logits=logits, cache=outputs.cache,
                                   hidden_states=outputs.hidden_states, attentions=outputs.attentions,
                                   modality_nll=modality_nll, modality_tokens=modality_tokens,
                                   num_loss_tokens=num_loss_tokens)
@@ -537,13 +523,6 @@ def _check_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
         raise ValueError(f"input_ids must lie in [0, {vocab_size}) (the model's vocabulary), got values in "
                          f"[{int(input_ids.min())}, {int(input_ids.max())}]: is the data tokenized with another "
                          f"vocabulary?")
-
-
-def _one_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache | None:
-    """The KV cache, whichever name it came under: transformers 5.24 renamed ``past_key_values`` to ``cache``."""
-    if past_key_values is not None and cache is not None and past_key_values is not cache:
-        raise ValueError("pass the KV cache as past_key_values or as cache, not both")
-    return past_key_values if past_key_values is not None else cache
 
 
 def _check_prefix_len(prefix_len: Any, batch: int, total_len: int) -> torch.Tensor:

@@ -185,16 +185,16 @@ def test_vectorised_prefix_mask_matches_transformers_overlay(attn, monkeypatch):
 
     def cached():  # the first 4 tokens fill a cache; prefixes of 5 and 9 reach into the other 10 tokens
         cache = DynamicCache(config=model.config)
-        model(ids[:, :4], prefix_len=torch.tensor([0, 4, 4]), past_key_values=cache, use_cache=True)
-        return model(ids[:, 4:], prefix_len=torch.tensor([0, 5, 9]), past_key_values=cache, use_cache=True).logits
+        model(ids[:, :4], prefix_len=torch.tensor([0, 4, 4]), cache=cache, use_cache=True)
+        return model(ids[:, 4:], prefix_len=torch.tensor([0, 5, 9]), cache=cache, use_cache=True).logits
 
     fast = [run(), run(attention_mask=attention_mask), cached()]
     assert not torch.allclose(fast[0][1], model(ids).logits[1])  # the prefix changes row 1's outputs
 
-    def overlay_mask(self, inputs_embeds, attention_mask, past_key_values, position_ids, prefix_len):
+    def overlay_mask(self, inputs_embeds, attention_mask, cache, position_ids, prefix_len):
         return create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, or_mask_function=modeling.prefix_lm_overlay(prefix_len),
-                                  **{modeling._MASK_CACHE_KW: past_key_values})
+                                  cache=cache, position_ids=position_ids,
+                                  or_mask_function=modeling.prefix_lm_overlay(prefix_len))
 
     monkeypatch.setattr(modeling.MMLMModel, "build_attention_mask", overlay_mask)
     slow = [run(), run(attention_mask=attention_mask), cached()]
@@ -273,24 +273,30 @@ def test_kv_cache_generation_equals_no_cache_greedy(with_prefix):
     assert torch.equal(cached, seq)
 
 
-def test_the_kv_cache_is_taken_under_either_name():
-    """transformers 5.24 renamed past_key_values to cache (its generate passes cache=): both names extend the same
-    cache and give the same logits; passing two different caches is an error."""
+def test_the_kv_cache_is_cache_and_past_key_values_is_deprecated():
+    """The KV cache is the ``cache`` argument and output field (transformers 5.24's name, what its generate passes);
+    ``past_key_values`` still extends the same cache, with transformers' FutureWarning, as LlamaModel takes it;
+    passing both is an error."""
     from transformers import DynamicCache
 
     model = make_model()
     ids, _, _ = make_batch(batch=2, length=9, seed=4)
     with torch.no_grad():
         full = model(ids).logits[:, -1]
-        steps = {}
-        for name in ("past_key_values", "cache"):
-            kv = DynamicCache(config=model.config)
-            model(ids[:, :8], use_cache=True, **{name: kv})
-            steps[name] = model(ids[:, 8:], use_cache=True, **{name: kv}).logits[:, -1]
-            assert kv.get_seq_length() == 9
-    torch.testing.assert_close(steps["cache"], steps["past_key_values"])
-    torch.testing.assert_close(steps["cache"], full, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="not both"):
+        kv = DynamicCache(config=model.config)
+        out = model(ids[:, :8], use_cache=True, cache=kv)
+        assert out.cache is kv and model.model(ids[:, :8], use_cache=True).cache.get_seq_length() == 8
+        step = model(ids[:, 8:], use_cache=True, cache=kv).logits[:, -1]
+        assert kv.get_seq_length() == 9
+        old = DynamicCache(config=model.config)
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            model(ids[:, :8], use_cache=True, past_key_values=old)
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            old_step = model(ids[:, 8:], use_cache=True, past_key_values=old).logits[:, -1]
+        assert old.get_seq_length() == 9
+    torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(old_step, step)
+    with pytest.raises(ValueError, match="Both `past_key_values` and `cache`"):
         model(ids, past_key_values=DynamicCache(config=model.config), cache=DynamicCache(config=model.config))
 
 
@@ -382,12 +388,12 @@ def test_video_grid_embeds_cells_and_frames_and_generates_with_a_cache(tmp_path)
     with torch.no_grad():
         full = model(ids).logits[:, -1]
         kv = DynamicCache(config=model.config)
-        model(ids[:, :-1], use_cache=True, past_key_values=kv)
+        model(ids[:, :-1], use_cache=True, cache=kv)
         with pytest.raises(ValueError, match="video_positions"):
-            model(ids[:, -1:], use_cache=True, past_key_values=kv)
+            model(ids[:, -1:], use_cache=True, cache=kv)
         kv = DynamicCache(config=model.config)
-        model(ids[:, :-1], use_cache=True, past_key_values=kv)
-        step = model(ids[:, -1:], use_cache=True, past_key_values=kv, video_positions=pos[:, -1:]).logits[:, -1]
+        model(ids[:, :-1], use_cache=True, cache=kv)
+        step = model(ids[:, -1:], use_cache=True, cache=kv, video_positions=pos[:, -1:]).logits[:, -1]
     torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-4)
     # transformers' generate passes them itself: cached and uncached greedy decoding agree
     prompt = torch.tensor([[bos, 20, 21, v, 151]])
