@@ -34,7 +34,7 @@ demo: setup
 bench: setup
 	$(PIP) install --quiet "$(TORCH)" -e '.[bench]'
 	$(PIP) install --quiet --no-deps magvit2-pytorch
-	for b in quantizers video_tokenizer audio_tokenizer lm data; do $(PY) bench/$$b.py || exit 1; done
+	for b in quantizers video_tokenizer audio_tokenizer mmlm data; do $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) outputs

@@ -3,7 +3,7 @@
 A user who has EnCodec weights (e.g. a local copy of ``facebook/encodec_24khz`` or ``facebook/encodec_48khz``) uses
 them in the LM without training a codec::
 
-    tok = AudioTokenizer.from_encodec("/models/encodec_24khz")   # a local directory; the hub is never contacted
+    tok = EncodecAudioTokenizer.from_pretrained("/models/encodec_24khz")  # a local directory; the hub is never contacted
     codes = tok.encode(wav, bandwidth=6.0)                       # [B, 1, N] at 24 kHz -> [B, 8, ceil(N / 320)]
     wav2 = tok.decode(codes)                                     # [B, 1, 320 * F]
 
@@ -61,7 +61,7 @@ class EncodecAudioTokenizer(nn.Module):
         if isinstance(path_or_model, EncodecModel):
             return cls(path_or_model, **kwargs)
         if not isinstance(path_or_model, (str, os.PathLike)):
-            raise TypeError(f"from_encodec takes an EncodecModel or a local directory, got {type(path_or_model).__name__}")
+            raise TypeError(f"EncodecAudioTokenizer.from_pretrained takes an EncodecModel or a local directory, got {type(path_or_model).__name__}")
         path = Path(path_or_model)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no EnCodec model at {path} (expected a local directory with config.json and "

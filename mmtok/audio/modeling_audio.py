@@ -368,16 +368,6 @@ class AudioTokenizer(StrictLoadingMixin, PreTrainedModel):
         ``encodec_24k``)."""
         return cls(AudioTokenizerConfig.from_preset(name, **overrides))
 
-    @classmethod
-    def from_encodec(cls, path_or_model: Any, **kwargs: Any):
-        """Wrap a ``transformers.EncodecModel`` (or a local directory holding one) behind this interface.
-
-        See :class:`mmtok.audio.encodec_bridge.EncodecAudioTokenizer`.
-        """
-        from mmtok.audio.encodec_bridge import EncodecAudioTokenizer
-
-        return EncodecAudioTokenizer.from_pretrained(path_or_model, **kwargs)
-
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # PyTorch's default conv init (uniform, fan-in), with the weight-norm magnitude set to match; transformers'

@@ -7,58 +7,8 @@ Light imports only here (NumPy, PyAV, and torch for :mod:`mmtok.frames`, which i
 own.
 """
 
-from mmtok.data.ingest import (
-    BadFileReport,
-    Clip,
-    ClipConfig,
-    ClipRecord,
-    ManifestError,
-    iter_clips,
-    load_clip,
-    load_records,
-    read_manifest,
-    scan_folder,
-)
-from mmtok.data.media import (
-    AUDIO_EXTENSIONS,
-    MEDIA_EXTENSIONS,
-    VIDEO_EXTENSIONS,
-    MediaError,
-    MediaInfo,
-    list_media,
-    probe,
-    read_audio,
-    read_video,
-    resize_and_crop,
-    write_audio,
-    write_gif,
-    write_image,
-    write_video,
-)
+from mmtok.data import ingest, media
+from mmtok.data.ingest import *  # noqa: F401,F403  (each module's __all__ is its public API)
+from mmtok.data.media import *  # noqa: F401,F403
 
-__all__ = [
-    "BadFileReport",
-    "Clip",
-    "ClipConfig",
-    "ClipRecord",
-    "ManifestError",
-    "iter_clips",
-    "load_clip",
-    "load_records",
-    "read_manifest",
-    "scan_folder",
-    "AUDIO_EXTENSIONS",
-    "MEDIA_EXTENSIONS",
-    "VIDEO_EXTENSIONS",
-    "MediaError",
-    "MediaInfo",
-    "list_media",
-    "probe",
-    "read_audio",
-    "read_video",
-    "resize_and_crop",
-    "write_audio",
-    "write_gif",
-    "write_image",
-    "write_video",
-]
+__all__ = [*ingest.__all__, *media.__all__]

@@ -250,7 +250,7 @@ def _random_encodec(stereo: bool):
 
 def test_encodec_bridge_matches_transformers_and_round_trips(tmp_path):
     model = _random_encodec(stereo=False)
-    tok = AudioTokenizer.from_encodec(model)
+    tok = EncodecAudioTokenizer.from_pretrained(model)
     assert isinstance(tok, EncodecAudioTokenizer) and isinstance(tok, ModalityTokenizer)
     assert tok.num_codebooks == 4 and tok.frame_rate == 1000.0 and tok.sample_rate == 8000
     wav = torch.randn(2, 1, 1001) * 0.1
@@ -268,7 +268,7 @@ def test_encodec_bridge_matches_transformers_and_round_trips(tmp_path):
     again = load_audio_tokenizer(tmp_path / "encodec")
     assert isinstance(again, EncodecAudioTokenizer) and torch.equal(again.encode(wav), codes)
     with pytest.raises(FileNotFoundError, match="local directory"):
-        AudioTokenizer.from_encodec(tmp_path / "nowhere")
+        EncodecAudioTokenizer.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"must lie in \[0, 32\)"):
         tok.decode(torch.full((1, 2, 3), 40))
 

@@ -11,10 +11,10 @@ Generation: tokens/s of HF ``generate`` with the KV cache (greedy, fixed length)
 Steps of the two models alternate, so load from other processes on the machine hits both alike; the ratio
 MMLM / Llama is the figure that counts (target >= 0.95). Each step is timed in wall-clock and in process CPU time
 (all threads); on a machine shared with other jobs the CPU-time ratio is the steadier one, so both are reported.
-Writes ``bench/results/lm.json``.
+Writes ``bench/results/mmlm.json``.
 
-    python bench/lm.py                      # demo preset, vocab 32768, batch 8x512 (the issue's setting)
-    python bench/lm.py --batch 2 --seq 128  # quicker
+    python bench/mmlm.py                    # demo preset, vocab 32768, batch 8x512 (the issue's setting)
+    python bench/mmlm.py --batch 2 --seq 128  # quicker
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lm import MMLMConfig, MMLMForCausalLM
 
-RESULTS = Path(__file__).resolve().parent / "results" / "lm.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "mmlm.json"
 
 
 def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -192,7 +192,7 @@ def main() -> None:
               f"{r['cpu_time_ratio']:>16.3f}")
 
     result = {
-        "benchmark": "lm",
+        "benchmark": "mmlm",
         "config": vars(args) | {"out": str(args.out)},
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "torch": torch.__version__,
