@@ -51,8 +51,8 @@ from mmtok.video import VideoTokenizer
 from mmtok.video.losses import (
     LeCamEMA, PerceptualLoss, VideoDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, reconstruction_loss)
 from recipes.common import (
-    ModelEMA, RunLogger, build_arg_parser, cpu_accelerator_kwargs, dump_config, export_path, load_checkpoint,
-    load_config, save_checkpoint, warmup_cosine)
+    ModelEMA, RunLogger, build_arg_parser, cpu_accelerator_kwargs, demo_corpus, dump_config, export_path,
+    load_checkpoint, load_config, save_checkpoint, warmup_cosine)
 
 
 # ------------------------------------------------------------------------------------------------------------ config
@@ -109,6 +109,9 @@ class TrainConfig:
 class TrainVideoTokenizerConfig:
     run_dir: str = "outputs/video_tokenizer"
     export_dir: Optional[str] = None         # default: <run_dir>/export
+    # > 0: train on this many Moving-Digits clips generated under <run_dir>/corpus (data.source is set to their
+    # manifest): what the debug config uses to run from a fresh clone. Needs the demo extra.
+    demo_corpus_clips: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: VideoClipConfig = field(default_factory=VideoClipConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -165,6 +168,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     accelerator.print(f"training the video tokenizer on {accelerator.num_processes} process(es), run folder {run_dir}")
 
     # ---- data
+    if cfg.demo_corpus_clips:
+        with accelerator.main_process_first():
+            cfg.data.source = str(demo_corpus(run_dir, cfg.demo_corpus_clips, seed=tc.seed))
     records = find_records(cfg.data)
     data = RandomClips(records, cfg.data, tc.seed, accelerator.process_index, accelerator.num_processes)
     samples = sample_clips(cfg.data, data)

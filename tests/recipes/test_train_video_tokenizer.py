@@ -159,6 +159,18 @@ def test_same_config_same_steps_gives_the_same_codes(media, tmp_path):
     assert torch.equal(codes[0], codes[1])
 
 
+def test_debug_config_runs_from_a_fresh_clone(tmp_path):
+    """The debug config trains on a Moving-Digits corpus it generates in the run folder: no other input."""
+    result = main(["--config", "recipes/configs/video_tokenizer_debug.yaml", f"run_dir={tmp_path}", "train.steps=4",
+                   "train.save_every=4", "train.sample_every=4", "train.log_every=1"])
+    manifest = tmp_path / "corpus" / "manifest.jsonl"
+    assert manifest.is_file() and len(manifest.read_text().splitlines()) == 24
+    assert (tmp_path / "export" / "config.json").is_file()
+    losses = [r["loss"] for r in read_metrics(tmp_path) if "loss" in r]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert result["step"] == 4
+
+
 def test_bad_config_errors(media, tmp_path):
     with pytest.raises(FileNotFoundError, match="data.source not found"):
         main(overrides(tmp_path / "r", tmp_path / "missing.jsonl", 1))
