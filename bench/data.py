@@ -23,6 +23,8 @@ import json
 import os
 import platform
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,8 +92,10 @@ def opencv_read(path: Path, size: int = 64) -> np.ndarray:
 def bench_decode(root: Path, n: int, workers: int) -> dict:
     records = read_manifest(root / "corpus" / "manifest.jsonl")[:n]
     n = len(records)
-    cfg = ClipConfig(fps=8, num_frames=17, size=64, sample_rate=16000)
-    video_only = ClipConfig(fps=8, num_frames=17, size=64, sample_rate=None)
+    corpus = json.loads((root / "corpus" / "corpus.json").read_text())   # decode whole clips, as tokenization does
+    frames, fps, size = int(corpus["num_frames"]), float(corpus["fps"]), int(corpus["size"])
+    cfg = ClipConfig(fps=fps, num_frames=frames, size=size, sample_rate=16000)
+    video_only = ClipConfig(fps=fps, num_frames=frames, size=size, sample_rate=None)
     cpu: dict = {}
     _, one = timed(lambda: [load_clip(r, cfg) for r in records], cpu)
     cpu_video: dict = {}
@@ -106,9 +110,9 @@ def bench_decode(root: Path, n: int, workers: int) -> dict:
         return out
     cv2.setNumThreads(1)
     cpu_peer: dict = {}
-    _, peer = timed(lambda: [opencv_read(r.video) for r in records], cpu_peer)
+    _, peer = timed(lambda: [opencv_read(r.video, size) for r in records], cpu_peer)
     mine = load_clip(records[0], video_only).frames
-    theirs = opencv_read(records[0].video)
+    theirs = opencv_read(records[0].video, size)
     out.update(peer="opencv-python-headless cv2.VideoCapture (video only)", peer_clips_per_s_1proc=n / peer,
                ratio_video_only_vs_peer=(n / one_video) / (n / peer),
                cpu_ms_per_clip_video_only=cpu_video["seconds"] / n * 1e3,
@@ -134,22 +138,30 @@ def make_bundle(root: Path, preset: str) -> Path:
     return out
 
 
+def tokenize_recipe(**settings: object) -> None:
+    """Run ``recipes/tokenize_dataset.py`` with these settings as a user does (its own process; the CPU time of it and
+    its workers is counted by :func:`cpu_seconds` once it has finished)."""
+    cmd = [sys.executable, str(REPO / "recipes" / "tokenize_dataset.py"), *(f"{k}={v}" for k, v in settings.items())]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "MMTOK_PROGRESS": "0"})
+
+
 def bench_tokenize(root: Path, preset: str, n: int, workers: int, total_clips: int) -> dict:
-    from recipes.tokenize_dataset import TokenizeConfig, run
     from mmtok.data.shards import read_dataset_info
 
     bundle = make_bundle(root, preset)
     out = root / f"tokens_{preset}"
-    cfg = TokenizeConfig(data=str(root / "corpus" / "manifest.jsonl"), tokenizer=str(bundle), out=str(out),
-                         shard_size=max(8, n // (4 * workers)), num_workers=workers, limit=n)
+    corpus = json.loads((root / "corpus" / "corpus.json").read_text())   # whole clips, at the corpus's own size
+    settings = dict(data=root / "corpus" / "manifest.jsonl", tokenizer=bundle, out=out,
+                    shard_size=max(8, n // (4 * workers)), num_workers=workers, limit=n,
+                    num_frames=corpus["num_frames"], fps=corpus["fps"], size=corpus["size"])
     cpu: dict = {}
-    _, seconds = timed(lambda: run(cfg), cpu)
+    _, seconds = timed(lambda: tokenize_recipe(**settings), cpu)
     info = read_dataset_info(out)
-    # startup (spawning workers, loading the bundle) is paid once: measure it with a tiny run to project
-    cfg_small = TokenizeConfig(**{**cfg.__dict__, "out": str(root / f"tokens_{preset}_small"),
-                                  "limit": workers * 2, "shard_size": 2})
+    # startup (the interpreter, spawning workers, loading the bundle) is paid once: measure it with a tiny run to
+    # project
+    small = {**settings, "out": root / f"tokens_{preset}_small", "limit": workers * 2, "shard_size": 2}
     cpu_small: dict = {}
-    _, startup = timed(lambda: run(cfg_small), cpu_small)
+    _, startup = timed(lambda: tokenize_recipe(**small), cpu_small)
     rate = n / max(seconds - startup, 1e-9)
     projected = startup + total_clips / rate
     cpu_per_clip = max(cpu["seconds"] - cpu_small["seconds"], 1e-9) / max(n - workers * 2, 1)

@@ -1,7 +1,8 @@
 """The demo's web page: ``<out>/index.html`` with generated clips beside the ground truth first, then the targets
 with their 95% intervals and tokenizer ceilings, the full metric list, the training curves and the stage times.
 
-    python recipes/demo_page.py outputs/demo            # (re)write outputs/demo/index.html from what the demo wrote
+A helper of ``recipes/demo.py`` (its ``page`` stage), not a script: to rewrite a demo's page from what it wrote,
+``python recipes/demo.py --config recipes/configs/demo.yaml --stages page --force``.
 
 Reads (every part optional; a missing part is named on the page instead of failing): ``eval/metrics.json`` and
 ``eval/samples.json`` (``recipes/evaluate.py``), ``generated/prompts.json`` (free prompts), ``stages.json`` (stage
@@ -18,7 +19,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -311,9 +311,3 @@ def write_page(out_dir: str | Path, *, title: str = "mmtok demo", wall_minutes: 
     atomic_write(path, page)
     return path
 
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print("usage: python recipes/demo_page.py OUT_DIR", file=sys.stderr)
-        sys.exit(2)
-    print(write_page(sys.argv[1]))
