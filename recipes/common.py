@@ -98,7 +98,7 @@ def export_path(run_dir: str | os.PathLike, *, export_dir: str | os.PathLike | N
     return Path(export_dir) if export_dir else Path(run_dir) / EXPORT_DIR
 
 
-# --------------------------------------------------------------------------------------------------- LR schedule
+# ------------------------------------------------------------------------------------------------- debug data
 def demo_corpus(run_dir: str | os.PathLike, num_clips: int, *, seed: int = 0) -> Path:
     """The manifest of a small Moving-Digits corpus under ``<run_dir>/corpus``, generated on first use (``num_clips``
     clips at the generator's defaults: 9 frames of 32x32 at 8 fps with their audio): the input of the debug
@@ -110,6 +110,8 @@ def demo_corpus(run_dir: str | os.PathLike, num_clips: int, *, seed: int = 0) ->
     return manifest if manifest.exists() else generate_corpus(out, num_clips=num_clips, seed=seed, num_workers=0)
 
 
+
+# --------------------------------------------------------------------------------------------------- LR schedule
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float, peak: float = 1.0) -> float:
     """The learning-rate schedule of every trainer, at optimizer step ``step`` (counted from 0): a linear warm-up
     ``peak * (step + 1) / warmup_steps`` over the first ``warmup_steps`` steps, then a half cosine from ``peak`` down

@@ -105,9 +105,8 @@ class LossConfig:
 class AudioTokenizerTrainConfig:
     run_dir: str = "runs/audio_tokenizer"
     export_dir: str | None = None           # default: <run_dir>/export
-    # > 0 and data names no manifest and no paths: train on this many Moving-Digits clips generated under
-    # <run_dir>/corpus (data.manifest is set to theirs): what the debug config uses to run from a fresh clone. Needs
-    # the demo extra.
+    # > 0: train on this many Moving-Digits clips generated under <run_dir>/corpus instead of data.manifest / paths
+    # (set to their manifest / cleared): what the debug config uses to run from a fresh clone. Needs the demo extra.
     demo_corpus_clips: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -149,8 +148,8 @@ def train(cfg: AudioTokenizerTrainConfig, resume: bool = False, allow_inexact_re
     crop = max(1, int(cfg.data.crop_seconds * sr) // hop) * hop
 
     # Data: training files, and validation clips (a manifest split, or the last files when there is none).
-    if cfg.demo_corpus_clips and not (cfg.data.manifest or cfg.data.paths):
-        cfg.data.manifest = str(demo_corpus(run, cfg.demo_corpus_clips, seed=cfg.train.seed))
+    if cfg.demo_corpus_clips:
+        cfg.data.manifest, cfg.data.paths = str(demo_corpus(run, cfg.demo_corpus_clips, seed=cfg.train.seed)), []
     train_data = AudioClips(paths=cfg.data.paths, manifest=cfg.data.manifest, split=cfg.data.split, sample_rate=sr,
                             max_files=cfg.data.max_files)
     if len(train_data) == 0:

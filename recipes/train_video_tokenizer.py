@@ -109,8 +109,8 @@ class TrainConfig:
 class TrainVideoTokenizerConfig:
     run_dir: str = "outputs/video_tokenizer"
     export_dir: Optional[str] = None         # default: <run_dir>/export
-    # > 0: train on this many Moving-Digits clips generated under <run_dir>/corpus (data.source is set to their
-    # manifest): what the debug config uses to run from a fresh clone. Needs the demo extra.
+    # > 0: train on this many Moving-Digits clips generated under <run_dir>/corpus instead of data.source (set to
+    # their manifest): what the debug config uses to run from a fresh clone. Needs the demo extra.
     demo_corpus_clips: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: VideoClipConfig = field(default_factory=VideoClipConfig)
@@ -162,15 +162,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 DistributedDataParallelKwargs(find_unused_parameters=True)]
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, kwargs_handlers=handlers)
     run_dir = Path(cfg.run_dir)
+    if cfg.demo_corpus_clips:
+        with accelerator.main_process_first():
+            cfg.data.source = str(demo_corpus(run_dir, cfg.demo_corpus_clips, seed=tc.seed))
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir)
     accelerator.print(f"training the video tokenizer on {accelerator.num_processes} process(es), run folder {run_dir}")
 
     # ---- data
-    if cfg.demo_corpus_clips:
-        with accelerator.main_process_first():
-            cfg.data.source = str(demo_corpus(run_dir, cfg.demo_corpus_clips, seed=tc.seed))
     records = find_records(cfg.data)
     data = RandomClips(records, cfg.data, tc.seed, accelerator.process_index, accelerator.num_processes)
     samples = sample_clips(cfg.data, data)

@@ -35,8 +35,8 @@ def audio_dir(tmp_path_factory):
 
 
 def run(tmp_path, audio_dir, *extra, resume=False):
-    argv = ["--config", CONFIG, f"run_dir={tmp_path}", f"data.paths=[{audio_dir}]", "train.steps=12",
-            "train.save_every=6", *extra]
+    argv = ["--config", CONFIG, f"run_dir={tmp_path}", "demo_corpus_clips=0", f"data.paths=[{audio_dir}]",
+            "train.steps=12", "train.save_every=6", *extra]
     if resume:
         argv.insert(0, "--resume")
     return train_main(argv)
@@ -93,7 +93,7 @@ def test_resume_continues_exactly_and_loss_falls(tmp_path, audio_dir):
 
 
 def test_debug_config_runs_from_a_fresh_clone(tmp_path):
-    """With no audio named, the debug config trains on a Moving-Digits corpus it generates in the run folder."""
+    """The debug config trains on a Moving-Digits corpus it generates in the run folder: no other input."""
     result = train_main(["--config", CONFIG, f"run_dir={tmp_path}", "train.steps=4", "train.eval_every=4",
                          "train.save_every=4", "train.sample_every=4"])
     assert result["steps"] == 4

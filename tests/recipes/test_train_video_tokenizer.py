@@ -165,6 +165,7 @@ def test_debug_config_runs_from_a_fresh_clone(tmp_path):
                    "train.save_every=4", "train.sample_every=4", "train.log_every=1"])
     manifest = tmp_path / "corpus" / "manifest.jsonl"
     assert manifest.is_file() and len(manifest.read_text().splitlines()) == 24
+    assert f"source: {manifest}" in (tmp_path / "config.yaml").read_text()   # the run records what it trained on
     assert (tmp_path / "export" / "config.json").is_file()
     losses = [r["loss"] for r in read_metrics(tmp_path) if "loss" in r]
     assert len(losses) == 4 and all(np.isfinite(losses))
