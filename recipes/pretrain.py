@@ -87,6 +87,9 @@ class DataConfig:
     # <bos>; frames past the list weigh 1), e.g. [1.0, 4.0]: a t2v clip's first move (latent frame 1) counts 4x.
     # Training loss only (the eval losses stay plain means). Empty: every target token weighs 1.
     video_frame_loss_weights: list[float] = field(default_factory=list)
+    # Fraction of the target video tokens whose *input* copy (what later positions read) is replaced by a random
+    # video code in training; the targets themselves stay. 0: off.
+    video_input_noise: float = 0.0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # sizes of data.source=synthetic
 
 
@@ -160,14 +163,37 @@ def frame_weighted(batches: list[dict[str, Any]], cfg: DataConfig, vocab: Any,
                                cells_per_frame=cells_per_frame) for b in batches]
 
 
-class FrameWeightedData:
-    """A data source whose training micro-batches carry ``data.video_frame_loss_weights`` (evaluation stays plain)."""
+def noise_video_inputs(batch: dict[str, Any], rate: float, *, video_range: tuple[int, int],
+                       generator: torch.Generator) -> dict[str, Any]:
+    """``batch`` plus ``model_input_ids``: ``input_ids`` with a fraction ``rate`` of the target video tokens
+    replaced by uniformly random video codes, and ``labels``, the clean targets. The model then predicts every
+    target from a context whose video codes are partly wrong, so no exact code pattern can key what comes next."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"data.video_input_noise must be in [0, 1), got {rate}")
+    ids = batch["input_ids"]
+    lo, hi = video_range
+    target_video = (batch["loss_mask"] > 0) & (ids >= lo) & (ids < hi)  # [B, L]
+    flip = target_video & (torch.rand(ids.shape, generator=generator) < rate)
+    noisy = torch.where(flip, torch.randint(lo, hi, ids.shape, generator=generator), ids)
+    return {**batch, "model_input_ids": noisy, "labels": ids.masked_fill(~(batch["loss_mask"] > 0), -100)}
 
-    def __init__(self, data: Any, cfg: DataConfig, vocab: Any, cells_per_frame: int):
-        self.data, self.cfg, self.vocab, self.cells_per_frame = data, cfg, vocab, cells_per_frame
+
+class TrainingBatches:
+    """A data source whose training micro-batches carry ``data.video_frame_loss_weights`` and
+    ``data.video_input_noise`` (evaluation stays plain). The noise of step ``s`` is drawn from ``(seed, s)``, so a
+    resumed run draws the same."""
+
+    def __init__(self, data: Any, cfg: DataConfig, vocab: Any, cells_per_frame: int, seed: int):
+        self.data, self.cfg, self.vocab, self.cells_per_frame, self.seed = data, cfg, vocab, cells_per_frame, seed
 
     def micro_batches(self, step: int) -> list[dict[str, Any]]:
-        return frame_weighted(self.data.micro_batches(step), self.cfg, self.vocab, self.cells_per_frame)
+        batches = frame_weighted(self.data.micro_batches(step), self.cfg, self.vocab, self.cells_per_frame)
+        if self.cfg.video_input_noise > 0:
+            r = self.vocab.range_of("video")
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            batches = [noise_video_inputs(b, self.cfg.video_input_noise, video_range=(r.start, r.stop), generator=g)
+                       for b in batches]
+        return batches
 
     def eval_batches(self) -> dict[str, list[dict[str, Any]]]:
         return self.data.eval_batches()
@@ -216,7 +242,9 @@ def build_data_source(cfg: DataConfig, vocab: Any, bundle: Any, seed: int, rank:
         cells_per_frame = bundle.latent_hw[0] * bundle.latent_hw[1] if bundle.latent_hw is not None else 0
     else:
         raise ValueError(f"data.source must be 'synthetic' or 'shards', got {cfg.source!r}")
-    return FrameWeightedData(data, cfg, vocab, cells_per_frame) if cfg.video_frame_loss_weights else data
+    if cfg.video_frame_loss_weights or cfg.video_input_noise > 0:
+        return TrainingBatches(data, cfg, vocab, cells_per_frame, seed)
+    return data
 
 
 # ------------------------------------------------------------------------------------------- optimization
@@ -239,7 +267,12 @@ def resolve_mixed_precision(choice: str) -> str | None:
 
 
 def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: batch[k].to(device) for k in ("input_ids", "loss_mask", "prefix_len")}
+    """The LM's arguments: ``model_input_ids`` (noised inputs) with clean ``labels`` when the batch has them."""
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "loss_mask", "prefix_len")}
+    if "model_input_ids" in batch:
+        inputs["input_ids"] = batch["model_input_ids"].to(device)
+        inputs["labels"] = batch["labels"].to(device)
+    return inputs
 
 
 # ------------------------------------------------------------------------------------------------- evaluation

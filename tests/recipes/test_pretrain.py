@@ -324,6 +324,35 @@ def test_pretrain_with_video_frame_loss_weights_runs_and_the_loss_falls(tmp_path
     assert losses[max(losses)] < losses[min(losses)]
 
 
+def test_video_input_noise_replaces_only_target_video_inputs_and_keeps_clean_labels():
+    from recipes.pretrain import noise_video_inputs
+
+    # <bos> <t2v> <bot> text <eot> <bov> | video (ids [100, 200)) | <eov> <eos>; the caption's ids are < 100
+    ids = torch.tensor([[1, 5, 6, 20, 21, 7, 8] + list(range(100, 140)) + [9, 2]])
+    mask = torch.zeros_like(ids)
+    mask[0, 8:] = 1  # the output from the first video code on (the <bov> at 7 is the prefix's last token)
+    batch = {"input_ids": ids, "loss_mask": mask, "prefix_len": torch.tensor([8])}
+    out = noise_video_inputs(batch, 0.5, video_range=(100, 200), generator=torch.Generator().manual_seed(0))
+    noisy, changed = out["model_input_ids"], out["model_input_ids"] != ids
+    assert changed.any() and not changed[0, :8].any() and not changed[0, -2:].any()  # prefix and boundaries kept
+    assert ((noisy[changed] >= 100) & (noisy[changed] < 200)).all()                  # a random video code
+    assert torch.equal(out["input_ids"], ids)                                        # the batch itself untouched
+    assert torch.equal(out["labels"], ids.masked_fill(mask == 0, -100))              # clean targets
+    again = noise_video_inputs(batch, 0.5, video_range=(100, 200), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again["model_input_ids"], noisy)                              # a function of the seed
+    with pytest.raises(ValueError, match="video_input_noise"):
+        noise_video_inputs(batch, 1.0, video_range=(100, 200), generator=torch.Generator())
+
+
+def test_pretrain_with_video_input_noise_trains_on_clean_targets_and_the_loss_falls(tmp_path):
+    run_dir = tmp_path / "noised"
+    run_plain(run_dir, "data.video_input_noise=0.2")
+    losses = metric(run_dir, "train/loss")
+    assert losses[max(losses)] < losses[min(losses)]
+    # evaluation reads clean inputs: its losses exist and are finite
+    assert all(v == v for v in metric(run_dir, "eval/loss").values())
+
+
 # --------------------------------------------------------------------------------------- resume: safe and exact
 class _RunsCode:
     """Unpickling this creates ``witness``: a stand-in for a checkpoint file crafted to run a shell command."""
