@@ -29,8 +29,9 @@ from lm.configuration_alignment import AlignmentConfig
 from mmtok.vocab import VocabularyMismatchError  # one error type for every layout mismatch
 
 # Modalities whose id range the config records when a vocabulary provides it (in this order; images share the
-# video range in the unified vocabulary, so they have none of their own).
-LAYOUT_MODALITIES = ("special", "text", "video", "audio")
+# video range in the unified vocabulary, so they have none of their own). "video_run": the run tokens <run_1> ..
+# <run_n> of run-length video conditions (mmtok.run_length), only in vocabularies built with them.
+LAYOUT_MODALITIES = ("special", "text", "video", "audio", "video_run")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "debug": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -124,6 +125,8 @@ class MMLMConfig(PretrainedConfig):
             on; :meth:`check_vocabulary` compares it with a tokenizer bundle's.
         modality_ranges (`dict[str, list[int]]`, *optional*): global ``[start, end)`` id range per modality
             (``"text"``, ``"video"``, ``"audio"``, ...); forward reports the NLL of target tokens in each range.
+            ``"video_run"`` (a vocabulary with run tokens) holds ``<run_1> .. <run_n>``, id ``start + k - 1``
+            standing for ``k`` repeated video cells (:mod:`mmtok.run_length`); ``video_grid`` counts them.
         video_code_levels (`list[int]`, *optional*): the levels of an FSQ video codebook (e.g. ``[8, 8, 8, 8]``);
             needs ``modality_ranges["video"]`` with ``prod(levels)`` ids. When set, each video code's input embedding
             and output-head row get a shared term added to their own: the sum of one learned vector per (level,
@@ -136,9 +139,11 @@ class MMLMConfig(PretrainedConfig):
             When set, each video token's input embedding gets a learned vector for its cell ``(h, w)`` and one for
             its latent frame (frames past ``frames - 1`` share the last), from its place among the video tokens
             since the sequence's ``<bos>`` (:func:`lm.modeling_mmlm.video_positions`; codes are laid out ``(t, h,
-            w)``). RoPE alone only gives a token its place in the flat sequence, from which the model must work out
-            which cell it draws and which token drew that cell one frame earlier; on the demo corpus a model without
-            it put the glyph in a new random cell in every frame (docs/what_was_tried.md). ``None``: no such term.
+            w)``; a run token of ``modality_ranges["video_run"]`` takes the place of its first cell and counts all
+            of its cells, so every code keeps the (frame, cell) it has in the plain form). RoPE alone only gives a
+            token its place in the flat sequence, from which the model must work out which cell it draws and which
+            token drew that cell one frame earlier; on the demo corpus a model without it put the glyph in a new
+            random cell in every frame (docs/what_was_tried.md). ``None``: no such term.
         alignment (`dict`, *optional*): settings of the VATT-style contrastive alignment head
             (:class:`lm.configuration_alignment.AlignmentConfig` fields: ``pooling``, ``va_dim``, ``vt_dim``,
             ``droptoken``, ``temperature``, ...); ``None`` builds no head. Stored with every field filled in.

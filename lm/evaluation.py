@@ -38,8 +38,10 @@ def lm_task_losses(model: Any, bundle: Any, shards: str | Path, *, tasks: Sequen
     sizes = {"video": len(vocab.range_of("video")) if bundle.video is not None else 1,
              "audio": len(vocab.range_of("audio", level=0)) if bundle.audio is not None else 1,
              "text": len(vocab.range_of("text")) if bundle.text is not None else 1, "special": 1}
+    # the sequence form the model was trained on: a bundle exported by a run with data.video_runs has it set
     loader = TaskMixtureLoader(shards, vocab, LoaderConfig(tasks={t: 1.0 for t in tasks}, batch_size=batch_size,
-                                                           cond_dropout=0.0),
+                                                           cond_dropout=0.0,
+                                                           video_runs=getattr(bundle, "video_runs", False)),
                                split=split, audio_pattern=bundle.audio_pattern,
                                num_audio_levels=bundle.num_audio_levels)
     out = []

@@ -27,6 +27,9 @@ The alignment code by job:
 Id conventions: every ``*_ids`` argument holds *global* ids of the unified vocabulary (``vocab.to_global``), in the
 modality's range; ``pad_token_id`` marks padding, any other id outside the range is an error. Video codes may come as
 ``[B, T', H', W']`` (flattened in (t, h, w) order) and audio codes as ``[B, levels, frames]`` (flattened frame-major).
+With a vocabulary that has run tokens (``modality_ranges["video_run"]``) the run tokens belong to the video: a
+run-length video condition (:mod:`mmtok.run_length`) is read whole, codes and runs in order, and the backbone's
+``video_grid`` positions count each run's cells.
 
 Example::
 
@@ -85,23 +88,28 @@ def _flatten_codes(ids: Any, modality: str) -> torch.Tensor:
     return ids
 
 
-def extract_segments(input_ids: torch.Tensor, id_range: Any, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_segments(input_ids: torch.Tensor, id_range: Any, pad_id: int = 0, *,
+                     extra_ranges: Sequence[Any] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's tokens whose id lies in ``id_range`` (``[start, end)``), in their order, left-aligned.
 
     A modality may occupy several segments of one sequence (vcont's two video segments, avcont's); they are
-    concatenated, which for the builders of :mod:`mmtok.sequence` gives the whole clip back.
+    concatenated, which for the builders of :mod:`mmtok.sequence` gives the whole clip back (a run-length video
+    condition included, when ``extra_ranges`` holds the run tokens' range: the codes and runs in order).
 
     Args:
         input_ids: ``[B, L]`` global ids.
         id_range: the modality's ``[start, end)`` (a pair or a ``range``).
         pad_id: id written at padded positions.
+        extra_ranges: more ``[start, end)`` ranges whose tokens belong to the segment (the video's run tokens).
 
     Returns:
         ``ids [B, N]`` (``N`` = the most in-range tokens of any row, 0 when none) and ``mask [B, N]`` (True = token).
     """
     input_ids = _check_ids_2d(input_ids, "input_ids")
-    start, end = _as_range(id_range, "segment")
-    keep = (input_ids >= start) & (input_ids < end)  # [B, L]
+    keep = torch.zeros_like(input_ids, dtype=torch.bool)  # [B, L]
+    for r in (id_range, *extra_ranges):
+        start, end = _as_range(r, "segment")
+        keep |= (input_ids >= start) & (input_ids < end)
     return _compact(input_ids, keep, pad_id)
 
 
@@ -266,6 +274,20 @@ class AlignmentHead(nn.Module):
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         return _as_range(self.modality_ranges.get(modality), modality)
 
+    def extra_ranges(self, modality: str) -> list[tuple[int, int]]:
+        """Id ranges whose tokens also belong to a modality's segments: the run tokens of run-length video
+        (``modality_ranges["video_run"]``, a vocabulary built with them), so a run-length condition is read whole."""
+        if modality == "video" and "video_run" in self.modality_ranges:
+            return [self.modality_ranges["video_run"]]
+        return []
+
+    def _in_modality(self, modality: str, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` ``[B, N]`` -> bool ``[B, N]``: the tokens of the modality (its range and :meth:`extra_ranges`)."""
+        keep = torch.zeros_like(ids, dtype=torch.bool)
+        for start, end in (self.id_range(modality), *self.extra_ranges(modality)):
+            keep |= (ids >= start) & (ids < end)
+        return keep
+
     def pool(self, modality: str, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``hidden [B, L, H]`` pooled over ``mask [B, L]`` -> ``[B, H]`` (mean or attention, per the config)."""
         scores = None
@@ -349,8 +371,9 @@ class AlignmentHead(nn.Module):
             backbone: an :class:`~lm.modeling_mmlm.MMLMModel` (anything with its forward signature).
             modality: ``"video"``, ``"audio"`` or ``"text"``.
             ids: ``[B, N]`` global ids of the modality; ``pad_token_id`` pads. Video codes may come as
-                ``[B, T', H', W']`` and audio codes as ``[B, levels, frames]`` (see the module's id conventions).
-                Moved to the head's device.
+                ``[B, T', H', W']`` and audio codes as ``[B, levels, frames]`` (see the module's id conventions);
+                ``[B, N]`` video may be in run-length form (codes and the run tokens of
+                ``modality_ranges["video_run"]``). Moved to the head's device.
             mask: ``[B, N]`` real tokens; default: the ids in the modality's range (anything else but padding is an
                 error).
             droptoken: rate of DropToken; default the config's when the head is training (video and audio only).
@@ -360,7 +383,7 @@ class AlignmentHead(nn.Module):
         ids = _check_ids_2d(_flatten_codes(ids, modality).to(device), f"{modality} ids")
         mask = mask.to(device) if mask is not None else None
         start, end = self.id_range(modality)
-        in_range = (ids >= start) & (ids < end)
+        in_range = self._in_modality(modality, ids)  # run tokens count as video (run-length conditions)
         if mask is None:
             bad = ~in_range & (ids != self.pad_token_id)
             if bad.any():
@@ -374,7 +397,9 @@ class AlignmentHead(nn.Module):
             if mask.shape != ids.shape:
                 raise ValueError(f"{modality} mask {tuple(mask.shape)} must match ids {tuple(ids.shape)}")
             if (mask & ~in_range).any():
-                raise ValueError(f"masked {modality} ids must lie in [{start}, {end})")
+                raise ValueError(f"masked {modality} ids must lie in [{start}, {end})"
+                                 + (f" or a run-token range {self.extra_ranges(modality)}"
+                                    if self.extra_ranges(modality) else ""))
         empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
         if empty:
             raise ValueError(f"no {modality} tokens in sequence(s) {empty} of the batch: every row needs at least one")
@@ -425,7 +450,8 @@ class AlignmentHead(nn.Module):
         b = input_ids.shape[0]
         device = input_ids.device
         keys = clip_keys(clip_ids, b, device)  # [B]
-        segs = {m: extract_segments(input_ids, self.id_range(m), self.pad_token_id) for m in MODALITIES}
+        segs = {m: extract_segments(input_ids, self.id_range(m), self.pad_token_id, extra_ranges=self.extra_ranges(m))
+                for m in MODALITIES}
         has = {m: segs[m][1].any(dim=1) for m in MODALITIES}  # [B] each
         va_rows = has["video"] & has["audio"]
         vt_rows = has["video"] & has["text"]

@@ -141,18 +141,28 @@ def _level_shared_rows(config: MMLMConfig) -> LevelSharedRows | None:
 
 
 # ----------------------------------------------------------------------------------------- video token positions
-def video_positions(input_ids: torch.Tensor, video_range: tuple[int, int] | list[int],
-                    bos_token_id: int) -> torch.Tensor:
-    """Each token's index among the video tokens since the last ``<bos>`` of its row, ``-1`` for other tokens.
+def video_positions(input_ids: torch.Tensor, video_range: tuple[int, int] | list[int], bos_token_id: int, *,
+                    run_range: tuple[int, int] | list[int] | None = None) -> torch.Tensor:
+    """Each video token's index among the video cells since the last ``<bos>`` of its row, ``-1`` for other tokens.
 
     ``input_ids`` ``[B, L]`` -> ``[B, L]`` (int64). Video codes are laid out ``(t, h, w)``, so with a latent grid
     of ``h x w`` cells index ``i`` is frame ``i // (h * w)``, cell ``i % (h * w)``; counting from ``<bos>`` keeps
     the frames of a continuation's two video segments in order and restarts with each packed sequence. Generation
     with a KV cache passes the tail of this over the whole sequence (``MMLMForCausalLM`` does it for ``generate``).
+
+    ``run_range``: the ``[start, end)`` ids of run tokens (run-length video, :mod:`mmtok.run_length`), id
+    ``start + k - 1`` standing for ``k`` cells. A run token gets the index of its first cell and counts all ``k``, so
+    each code gets the index it has in the plain form.
     """
     lo, hi = int(video_range[0]), int(video_range[1])
     is_video = (input_ids >= lo) & (input_ids < hi)                                       # [B, L]
-    before = is_video.long().cumsum(1) - is_video.long()                                 # video tokens before each
+    cells = is_video.long()                                                              # cells each token covers
+    if run_range is not None:
+        r_lo, r_hi = int(run_range[0]), int(run_range[1])
+        is_run = (input_ids >= r_lo) & (input_ids < r_hi)
+        cells = torch.where(is_run, input_ids - r_lo + 1, cells)
+        is_video = is_video | is_run
+    before = cells.cumsum(1) - cells                                                     # video cells before each
     at_bos = torch.where(input_ids == bos_token_id, before, torch.zeros_like(before))
     base = at_bos.cummax(1).values                                                       # count at the last <bos>
     return torch.where(is_video, before - base, torch.full_like(before, -1))
@@ -226,7 +236,8 @@ class MMLMModel(MMLMPreTrainedModel):
         columns when given (what a cached step passes as ``video_positions``); ``None`` without ``video_grid``."""
         if self.embed_video_positions is None:
             return None
-        pos = video_positions(input_ids, self.config.modality_ranges["video"], self.config.bos_token_id)
+        pos = video_positions(input_ids, self.config.modality_ranges["video"], self.config.bos_token_id,
+                              run_range=self.config.modality_ranges.get("video_run"))
         return pos if last is None else pos[:, pos.shape[1] - last:]
 
     def build_attention_mask(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,

@@ -152,11 +152,15 @@ class MultimodalTokenizer:
         audio_pattern: ``"frame_major"`` or ``"level_major"`` audio flattening.
         latent_hw: ``(H', W')`` of the video latents, needed to parse video out of a flat sequence. When ``None``,
             the first video that :meth:`encode_media` encodes sets it.
+        video_runs: build sequences with their video conditions in run-length form (``build_example``'s
+            ``video_runs``); needs a vocabulary with run tokens. :meth:`with_video_runs` makes such a bundle from a
+            plain one. Saved with the bundle, so a model trained on run-length conditions is prompted with them.
     """
 
     def __init__(self, *, text: Any = None, video: Any = None, audio: Any = None,
                  vocab: UnifiedVocabulary | None = None, num_audio_levels: int | None = None,
-                 audio_pattern: str = "frame_major", latent_hw: Sequence[int] | None = None) -> None:
+                 audio_pattern: str = "frame_major", latent_hw: Sequence[int] | None = None,
+                 video_runs: bool = False) -> None:
         for name, part in (("text", text), ("video", video), ("audio", audio)):
             if part is not None:
                 spec = code_spec(part)  # TypeError naming the missing interface members
@@ -178,6 +182,28 @@ class MultimodalTokenizer:
         self.audio_pattern = audio_pattern
         self.latent_hw: tuple[int, int] | None = None if latent_hw is None else (int(latent_hw[0]),
                                                                                  int(latent_hw[1]))
+        if video_runs and not vocab.max_video_run:
+            raise ValueError(f"video_runs=True needs a vocabulary with run tokens ({vocab.describe()}); use "
+                             "bundle.with_video_runs()")
+        self.video_runs = bool(video_runs)
+
+    def with_video_runs(self, max_run: int | None = None) -> "MultimodalTokenizer":
+        """This bundle (the same tokenizer objects) with run tokens ``<run_1> .. <run_n>`` appended to its
+        vocabulary and ``video_runs=True``: its sequences write video conditions in run-length form.
+
+        ``max_run`` (default: a whole latent frame, ``H' * W'``, which needs ``latent_hw``) is the longest run one
+        token folds. Every id of the plain vocabulary keeps its meaning (the run tokens come last); the fingerprint
+        is that of the new layout.
+        """
+        if max_run is None:
+            if self.latent_hw is None:
+                raise ValueError("with_video_runs() needs the bundle's latent_hw (H', W') to size the run tokens, "
+                                 "or an explicit max_run")
+            max_run = self.latent_hw[0] * self.latent_hw[1]
+        return MultimodalTokenizer(text=self.text, video=self.video, audio=self.audio,
+                                   vocab=self.vocab.with_video_runs(int(max_run)),
+                                   num_audio_levels=self.num_audio_levels, audio_pattern=self.audio_pattern,
+                                   latent_hw=self.latent_hw, video_runs=True)
 
     # ----------------------------------------------------------------------------------------------- encode
     @torch.no_grad()
@@ -238,12 +264,14 @@ class MultimodalTokenizer:
         """:func:`mmtok.sequence.build_example` on local codes with this bundle's vocabulary and audio settings."""
         kwargs.setdefault("audio_pattern", self.audio_pattern)
         kwargs.setdefault("num_audio_levels", self.num_audio_levels)
+        kwargs.setdefault("video_runs", self.video_runs)
         return build_example(task, self.vocab, text=text, video=video, audio=audio, **kwargs)
 
     def build_prompt(self, task: str, **kwargs: Any) -> torch.Tensor:
         """:func:`mmtok.sequence.build_prompt` with this bundle's vocabulary and audio settings."""
         kwargs.setdefault("audio_pattern", self.audio_pattern)
         kwargs.setdefault("num_audio_levels", self.num_audio_levels)
+        kwargs.setdefault("video_runs", self.video_runs)
         return build_prompt(task, self.vocab, **kwargs)
 
     def encode_example(self, task: str, *, text: str | Sequence[int] | None = None,
@@ -316,7 +344,9 @@ class MultimodalTokenizer:
             "vocab_fingerprint": self.vocab.fingerprint,
             "vocab_layout": self.vocab.describe(),
             "sequence": {"audio_pattern": self.audio_pattern, "num_audio_levels": self.num_audio_levels,
-                         "latent_hw": list(self.latent_hw) if self.latent_hw is not None else None},
+                         "latent_hw": list(self.latent_hw) if self.latent_hw is not None else None,
+                         # only when set: a plain bundle's manifest stays as it was before run-length form existed
+                         **({"video_runs": True} if self.video_runs else {})},
         }
         atomic_write(d / BUNDLE_FILE, json.dumps(manifest, indent=2) + "\n")
 
@@ -366,7 +396,8 @@ class MultimodalTokenizer:
                 f"\n  manifest: {manifest.get('vocab_layout', '?')}\n  {VOCAB_FILE}: {vocab.describe()}")
         seq = manifest.get("sequence", {})
         return cls(**parts, vocab=vocab, num_audio_levels=seq.get("num_audio_levels"),
-                   audio_pattern=seq.get("audio_pattern", "frame_major"), latent_hw=seq.get("latent_hw"))
+                   audio_pattern=seq.get("audio_pattern", "frame_major"), latent_hw=seq.get("latent_hw"),
+                   video_runs=bool(seq.get("video_runs", False)))
 
     # ------------------------------------------------------------------------------------------- misc
     def _need(self, name: str) -> Any:

@@ -32,6 +32,13 @@ frame 0, then of frame 1, ...; a delay-free interleave in which each frame's coa
 ``"level_major"`` (all of level 0, then level 1, ...). ``num_audio_levels`` keeps the first L levels (default: the
 vocabulary's).
 
+Run-length conditions: with ``video_runs=True`` (a vocabulary with run tokens, ``UnifiedVocabulary(max_video_run=n)``)
+every video *condition* segment (v2a's, v2t's, vcont's and avcont's first frames) is written in the lossless
+run-length form of :mod:`mmtok.run_length`: latent frame 0 as is, then each stretch of cells equal to the same cells
+one frame earlier as one ``<run_k>`` token. Outputs stay plain codes (the LM generates plain codes, and
+:func:`output_constraints` is unchanged); i2v's image condition is one frame, which has no runs. The parser reads
+either form in any video segment and returns the codes.
+
 Classifier-free guidance: ``cond_dropout=p`` replaces, with probability p, every condition body by an empty one
 (``<bot><eot>``, ``<bov><eov>``, ...); a generator builds the unconditional prompt with :func:`build_prompt`
 (``unconditional=True``).
@@ -50,6 +57,8 @@ from typing import Any, Sequence
 
 import torch
 
+from mmtok.run_length import RunLengthError, check_run_length, expand_runs, run_length_encode_video, \
+    video_runs_to_global
 from mmtok.vocab import BOUNDARY_TOKENS, TASK_TOKENS, UnifiedVocabulary
 
 __all__ = [
@@ -187,7 +196,8 @@ def build_example(task: str, vocab: UnifiedVocabulary, *, text: Sequence[int] | 
                   video: torch.Tensor | None = None, audio: torch.Tensor | None = None,
                   cond_frames: int | None = None, audio_split: int | None = None, cond_dropout: float = 0.0,
                   rng: random.Random | None = None, audio_pattern: str = "frame_major",
-                  num_audio_levels: int | None = None, text_condition: bool | None = None) -> TaskExample:
+                  num_audio_levels: int | None = None, text_condition: bool | None = None,
+                  video_runs: bool = False) -> TaskExample:
     """Build the training sequence of one example for ``task`` (layouts in the module docstring).
 
     Args:
@@ -206,6 +216,8 @@ def build_example(task: str, vocab: UnifiedVocabulary, *, text: Sequence[int] | 
         num_audio_levels: RVQ levels kept (default ``vocab.num_audio_levels``).
         text_condition: the optional leading ``<bot> text <eot>`` condition of the tasks marked ``[text]``:
             ``None`` adds it when ``text`` is given, ``False`` never, ``True`` always (``text`` required).
+        video_runs: write the video condition segments in run-length form (needs a vocabulary with run tokens;
+            runs are at most ``vocab.max_video_run`` cells). Outputs stay plain codes.
     """
     drop = False
     if cond_dropout:
@@ -214,7 +226,7 @@ def build_example(task: str, vocab: UnifiedVocabulary, *, text: Sequence[int] | 
         drop = (rng.random() if rng is not None else random.random()) < cond_dropout
     cond, out = _segments(task, vocab, text=text, video=video, audio=audio, cond_frames=cond_frames,
                           audio_split=audio_split, audio_pattern=audio_pattern, num_audio_levels=num_audio_levels,
-                          text_condition=text_condition)
+                          text_condition=text_condition, video_runs=video_runs)
     if drop:
         cond = [(kind, body[:0]) for kind, body in cond]
     pieces = [torch.tensor([vocab.bos_id, vocab.token_id(TASKS[task].token)])]
@@ -233,12 +245,13 @@ def build_prompt(task: str, vocab: UnifiedVocabulary, *, text: Sequence[int] | t
                  video: torch.Tensor | None = None, audio: torch.Tensor | None = None,
                  cond_frames: int | None = None, audio_split: int | None = None, unconditional: bool = False,
                  audio_pattern: str = "frame_major", num_audio_levels: int | None = None,
-                 text_condition: bool | None = None) -> torch.Tensor:
+                 text_condition: bool | None = None, video_runs: bool = False) -> torch.Tensor:
     """The prefix of :func:`build_example` (ending with the output's opening boundary) for generation.
 
     Only the condition is needed: for vcont/avcont/i2v, ``video`` (and ``audio``) may hold just the condition part
     (``cond_frames``/``audio_split`` default to all of it then); ``unconditional=True`` empties the condition
-    bodies, which gives the classifier-free-guidance prompt.
+    bodies, which gives the classifier-free-guidance prompt. ``video_runs=True`` writes the video condition in
+    run-length form, as a model trained with it saw it.
     """
     layout = _layout(task)
     if task in ("vcont", "avcont") and video is not None and cond_frames is None:
@@ -247,7 +260,7 @@ def build_prompt(task: str, vocab: UnifiedVocabulary, *, text: Sequence[int] | t
         audio_split = int(audio.shape[-1])
     cond, _ = _segments(task, vocab, text=text, video=video, audio=audio, cond_frames=cond_frames,
                         audio_split=audio_split, audio_pattern=audio_pattern, num_audio_levels=num_audio_levels,
-                        need_output=False, text_condition=text_condition)
+                        need_output=False, text_condition=text_condition, video_runs=video_runs)
     if unconditional:
         cond = [(kind, body[:0]) for kind, body in cond]
     pieces = [torch.tensor([vocab.bos_id, vocab.token_id(layout.token)])]
@@ -310,11 +323,14 @@ def _layout(task: str) -> TaskLayout:
 
 
 def _segments(task, vocab, *, text, video, audio, cond_frames, audio_split, audio_pattern, num_audio_levels,
-              need_output: bool = True, text_condition: bool | None = None
+              need_output: bool = True, text_condition: bool | None = None, video_runs: bool = False
               ) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
     """(condition, output) lists of (segment kind, flat global ids)."""
     layout = _layout(task)
     _check_pattern(audio_pattern)
+    if video_runs and not vocab.max_video_run:
+        raise ValueError(f"video_runs=True needs a vocabulary with run tokens, this one has none ({vocab.describe()}); "
+                         "build it with UnifiedVocabulary(..., max_video_run=n) or vocab.with_video_runs(n)")
     needs = layout.needs if need_output else _condition_needs(layout)
     if text_condition and not layout.optional_text:
         raise ValueError(f"task {task!r} has no optional text condition (text_condition=True)")
@@ -361,6 +377,11 @@ def _segments(task, vocab, *, text, video, audio, cond_frames, audio_split, audi
     def video_seg(codes: torch.Tensor) -> torch.Tensor:
         return vocab.to_global("video", codes.reshape(-1))  # (t, h, w) order
 
+    def cond_video_seg(codes: torch.Tensor) -> torch.Tensor:
+        if not video_runs:
+            return video_seg(codes)
+        return video_runs_to_global(run_length_encode_video(codes, max_run=vocab.max_video_run), vocab)
+
     def audio_seg(codes_g: torch.Tensor) -> torch.Tensor:
         return flatten_audio(codes_g, audio_pattern)
 
@@ -381,7 +402,7 @@ def _segments(task, vocab, *, text, video, audio, cond_frames, audio_split, audi
                                  f"{video_codes.shape[0]}")
             out.append(("video", video_seg(video_codes[1:])))
     elif task == "v2a":
-        cond.append(("video", video_seg(video_codes)))
+        cond.append(("video", cond_video_seg(video_codes)))
         if need_output:
             out.append(("audio", audio_seg(audio_codes)))
     elif task == "a2v":
@@ -389,7 +410,7 @@ def _segments(task, vocab, *, text, video, audio, cond_frames, audio_split, audi
         if need_output:
             out.append(("video", video_seg(video_codes)))
     elif task == "v2t":
-        cond.append(("video", video_seg(video_codes)))
+        cond.append(("video", cond_video_seg(video_codes)))
         if need_output:
             out.append(("text", text_g))
     else:  # vcont, avcont
@@ -398,7 +419,7 @@ def _segments(task, vocab, *, text, video, audio, cond_frames, audio_split, audi
         hi = n - 1 if need_output else n
         if not 1 <= k <= hi:
             raise ValueError(f"{task}: cond_frames must be in [1, {hi}] for a video of {n} latent frames, got {k}")
-        cond.append(("video", video_seg(video_codes[:k])))
+        cond.append(("video", cond_video_seg(video_codes[:k])))
         if task == "avcont":
             frames = audio_codes.shape[1]
             s = round(k / n * frames) if audio_split is None else int(audio_split)
@@ -436,12 +457,15 @@ def parse_sequence(ids: Sequence[int] | torch.Tensor, vocab: UnifiedVocabulary, 
     every segment's boundaries in the task's order, every body id in its segment's range (per RVQ level for
     audio), whole latent frames (``latent_hw = (H', W')`` is needed for video and image segments), the expected
     totals when ``video_frames`` (T' of the whole video, condition included) / ``audio_frames`` are given (and the
-    condition sizes when ``cond_frames`` / ``audio_split`` are), and ``<eos>`` at the end.
+    condition sizes when ``cond_frames`` / ``audio_split`` are), and ``<eos>`` at the end. A video body may be in
+    run-length form (``<run_k>`` tokens; :mod:`mmtok.run_length`): it is decoded into codes, and a malformed run (in
+    frame 0, past its frame's end) is a :class:`SequenceError`.
 
     By default the first problem raises :class:`SequenceError` naming it. With ``repair=True`` the parser fixes what
     it can and lists each change in ``.repairs``: missing boundaries/``<bos>``/``<eos>`` are assumed, tokens after
     ``<eos>`` dropped, out-of-range ids replaced by local code 0 (removed from text), short segments padded with
-    code 0 and long ones truncated (to the expected size, else to whole frames). A sequence without a readable task
+    code 0 and long ones truncated (to the expected size, else to whole frames); a malformed run still expands
+    (cells it would copy from before frame 0 become code 0). A sequence without a readable task
     token needs ``task=``; a task token other than ``task=`` always raises.
     """
     _check_pattern(audio_pattern)
@@ -649,9 +673,33 @@ def _video_codes(body: list[int], expect: int | None, latent_hw: tuple[int, int]
                  where: str, role: str, problem: _Problems) -> torch.Tensor:
     """Local video codes ``[T', H', W']`` of an image or video body (whole frames; wrong ids become code 0)."""
     per_frame = int(latent_hw[0]) * int(latent_hw[1])
-    codes = _fix_count(body, per_frame, expect, where, "latent frames", problem, allow_empty=role == "cond")
+    cells = _expand_video_runs(body, per_frame, vocab, where, problem)
+    if cells is not body:  # counts below are of cells, not of the body's tokens
+        where = f"{where} (its runs expanded)"
+    codes = _fix_count(cells, per_frame, expect, where, "latent frames", problem, allow_empty=role == "cond")
     return torch.tensor(_to_local_or_zero(codes, vocab.range_of("video"), where, problem, vocab.token_name),
                         dtype=torch.long).reshape(-1, int(latent_hw[0]), int(latent_hw[1]))
+
+
+def _expand_video_runs(body: list[int], per_frame: int, vocab: UnifiedVocabulary, where: str,
+                       problem: _Problems) -> list[int]:
+    """A video body in run-length form -> the plain body of global ids (a body without run tokens is returned as
+    is). Runs are checked first; a malformed one is a problem, and in repair mode it still expands (cells copied from
+    before frame 0 become the -1 placeholder, later code 0). Ids of other ranges pass through, one cell each, for the
+    range check that follows."""
+    if not vocab.has("video_run"):
+        return body
+    runs = vocab.range_of("video_run")
+    if not any(t in runs for t in body):
+        return body
+    # local run-length form over global ids: a run -k, anything else its (non-negative) id
+    tokens = torch.tensor([runs.start - t - 1 if t in runs else t for t in body], dtype=torch.long)
+    try:  # a partial last frame is left to the count check that follows, which names it and pads or truncates
+        check_run_length(tokens, cells_per_frame=per_frame, max_run=vocab.max_video_run, whole_frames=False)
+    except RunLengthError as e:
+        problem(f"the {where} has a malformed run-length form: {e}",
+                f"expanded the malformed runs of the {where} (cells before frame 0 as code 0)")
+    return expand_runs(tokens, cells_per_frame=per_frame, fill=-1).tolist()
 
 
 def _expected_audio_frames(task: str, role: str, body: list[int], *, audio_frames: int | None,

@@ -14,9 +14,13 @@ Layout (ids grow downwards; every range is contiguous and the ranges are disjoin
     text                               text.codebook_size ids (the SentencePiece ids, offset)
     video                              video.codebook_size ids (images are 1-frame videos: same range)
     audio level 0, level 1, ...        audio.codebook_size ids per residual-VQ level, ``num_audio_levels`` levels
+    video_run (optional)               ``max_video_run`` run tokens <run_1> .. <run_n> of the run-length form of
+                                       video codes (:mod:`mmtok.run_length`); only with ``max_video_run > 0``
 
-A modality whose spec is ``None`` takes no ids. The layout is summarised by :meth:`UnifiedVocabulary.describe` and
-hashed into :attr:`UnifiedVocabulary.fingerprint` (ranges and special-token names), which the LM config records; a
+A modality whose spec is ``None`` takes no ids. The run tokens come last, so a vocabulary with them is the same
+layout with ids appended: every other id keeps its meaning, and one without them (the default) has exactly the
+layout and fingerprint it had before run tokens existed. The layout is summarised by
+:meth:`UnifiedVocabulary.describe` and hashed into :attr:`UnifiedVocabulary.fingerprint` (ranges and special-token names), which the LM config records; a
 pairing of a model or tokenizers with another layout raises :class:`VocabularyMismatchError` naming both layouts.
 
 API in one glance::
@@ -28,7 +32,8 @@ API in one glance::
     a = vocab.to_global("audio", audio_codes)     # [..., L, frames]: row l gets level l's offset
     vocab.to_local("video", g)                    # exact inverse (validates the range)
     vocab.range_of("audio", level=2)              # python ``range`` of global ids
-    vocab.modality_of(i)                          # "special" | "text" | "video" | "audio"
+    vocab.modality_of(i)                          # "special" | "text" | "video" | "audio" | "video_run"
+    runs = vocab.with_video_runs(16)              # + <run_1> .. <run_16>; runs.run_token_id(3), runs.run_length_of(i)
     vocab.to_json(path) / UnifiedVocabulary.from_json(path_or_json_string)
     vocab.check_tokenizers(text=..., video=..., audio=...); vocab.check_fingerprint(fp, layout=..., what="model")
 """
@@ -92,11 +97,14 @@ class UnifiedVocabulary:
             first 4 of SoundStream's levels; the LM then never sees the finer levels.
         extra_special_tokens: additional special tokens (e.g. ``"<sep>"``), placed after the built-in ones.
         num_special_slots: size of the special range, reserved slots included; the text range starts here.
+        max_video_run: number of run tokens ``<run_1> .. <run_n>`` (the longest run of repeated video cells one
+            token folds; :mod:`mmtok.run_length`), in a ``video_run`` range after every other one. 0 (default): none.
     """
 
     def __init__(self, *, text: CodeSpec | Any | None = None, video: CodeSpec | Any | None = None,
                  audio: CodeSpec | Any | None = None, num_audio_levels: int | None = None,
-                 extra_special_tokens: Sequence[str] = (), num_special_slots: int = DEFAULT_SPECIAL_SLOTS) -> None:
+                 extra_special_tokens: Sequence[str] = (), num_special_slots: int = DEFAULT_SPECIAL_SLOTS,
+                 max_video_run: int = 0) -> None:
         specs = {}
         for name, value in (("text", text), ("video", video), ("audio", audio)):
             if value is None:
@@ -151,6 +159,15 @@ class UnifiedVocabulary:
             self._audio_levels = [range(start + lvl * cb, start + (lvl + 1) * cb) for lvl in range(levels)]
             self._ranges["audio"] = range(start, start + levels * cb)
             start = self._ranges["audio"].stop
+        if isinstance(max_video_run, bool) or int(max_video_run) != max_video_run or max_video_run < 0:
+            raise ValueError(f"max_video_run must be an int >= 0, got {max_video_run!r}")
+        self._max_video_run = int(max_video_run)
+        if self._max_video_run:
+            if "video" not in specs:
+                raise ValueError("max_video_run > 0 needs a video range: run tokens stand for repeated video codes")
+            # Last, after audio: appending keeps every other id where a vocabulary without runs has it.
+            self._ranges["video_run"] = range(start, start + self._max_video_run)
+            start = self._ranges["video_run"].stop
         self._size = start
         self._fingerprint = hashlib.sha256(
             json.dumps(self._layout(), sort_keys=True).encode()).hexdigest()[:16]
@@ -199,6 +216,36 @@ class UnifiedVocabulary:
         return self._num_audio_levels
 
     @property
+    def max_video_run(self) -> int:
+        """Number of run tokens ``<run_1> .. <run_n>`` (0: the vocabulary has none)."""
+        return self._max_video_run
+
+    def run_token_id(self, length: IdsLike) -> IdsLike:
+        """Global id of ``<run_k>`` for ``k = length`` (an int, a list or a LongTensor of lengths in
+        ``[1, max_video_run]``)."""
+        r = self._run_range()
+        t, restore = _to_tensor(length)
+        _check_bounds(t, 1, r.stop - r.start + 1, "video run lengths")
+        return restore(t - 1 + r.start)
+
+    def run_length_of(self, token_id: IdsLike) -> IdsLike:
+        """Cells a run token stands for (the inverse of :meth:`run_token_id`); other ids raise ``ValueError``."""
+        r = self._run_range()
+        t, restore = _to_tensor(token_id)
+        _check_bounds(t, r.start, r.stop, "run token ids", describe=self._describe_id)
+        return restore(t - r.start + 1)
+
+    def with_video_runs(self, max_video_run: int) -> "UnifiedVocabulary":
+        """This layout with ``max_video_run`` run tokens appended (``0``: without any); a new vocabulary."""
+        return UnifiedVocabulary(**self._specs, num_audio_levels=self._num_audio_levels or None,
+                                 extra_special_tokens=self._extra_special_tokens,
+                                 num_special_slots=self._num_special_slots, max_video_run=max_video_run)
+
+    def without_video_runs(self) -> "UnifiedVocabulary":
+        """The layout without run tokens: the one token shards of local codes are recorded against."""
+        return self if not self._max_video_run else self.with_video_runs(0)
+
+    @property
     def modalities(self) -> tuple[str, ...]:
         """The modalities with an id range, in layout order (a subset of ``("text", "video", "audio")``)."""
         return tuple(m for m in _MODALITY_KWARGS if m in self._specs)
@@ -208,7 +255,10 @@ class UnifiedVocabulary:
         return self._specs.get(self._canonical(modality, must_exist=False))
 
     def has(self, modality: str) -> bool:
-        return self._canonical(modality, must_exist=False) in self._specs
+        """Whether the vocabulary has ids for ``modality`` (``"text"``, ``"video"``/``"image"``, ``"audio"`` or
+        ``"video_run"``)."""
+        name = self._canonical(modality, must_exist=False)
+        return name in self._specs or (name == "video_run" and name in self._ranges)
 
     def token_id(self, token: str) -> int:
         """Id of a special token such as ``"<bos>"`` (``"<reserved_k>"`` names the k-th free slot)."""
@@ -231,6 +281,8 @@ class UnifiedVocabulary:
         if modality == "audio":
             level = self.audio_level_of(token_id)
             return f"audio[{level}]:{token_id - self._audio_levels[level].start}"
+        if modality == "video_run":
+            return f"<run_{token_id - self._ranges['video_run'].start + 1}>"
         return f"{modality}:{token_id - self._ranges[modality].start}"
 
     def is_special(self, token_id: int) -> bool:
@@ -238,7 +290,8 @@ class UnifiedVocabulary:
 
     # ---------------------------------------------------------------------------------------------- ranges
     def range_of(self, modality: str, level: int | None = None) -> range:
-        """Global ids of a modality (``"special"``, ``"text"``, ``"video"``/``"image"``, ``"audio"``).
+        """Global ids of a modality (``"special"``, ``"text"``, ``"video"``/``"image"``, ``"audio"``, and
+        ``"video_run"``: the run tokens, ``<run_1>`` first).
 
         For audio, ``level=None`` gives all kept levels and ``level=l`` the range of RVQ level ``l``.
         """
@@ -254,7 +307,8 @@ class UnifiedVocabulary:
         return dict(self._ranges)
 
     def modality_of(self, token_id: int) -> str:
-        """``"special"``, ``"text"``, ``"video"`` or ``"audio"``; ``ValueError`` for an id outside the vocabulary."""
+        """``"special"``, ``"text"``, ``"video"``, ``"audio"`` or ``"video_run"``; ``ValueError`` for an id outside
+        the vocabulary."""
         token_id = int(token_id)
         for name, r in self._ranges.items():
             if token_id in r:
@@ -279,6 +333,8 @@ class UnifiedVocabulary:
         name = self._canonical(modality)
         if name == "special":
             raise ValueError("special tokens have no local ids; use token_id()")
+        if name == "video_run":
+            raise ValueError("run tokens have no local ids; use run_token_id(length)")
         t, restore = _to_tensor(ids)
         cb = self._specs[name].codebook_size
         _check_bounds(t, 0, cb, f"local {modality} codes")
@@ -307,6 +363,8 @@ class UnifiedVocabulary:
         name = self._canonical(modality)
         if name == "special":
             raise ValueError("special tokens have no local ids")
+        if name == "video_run":
+            raise ValueError("run tokens have no local ids; use run_length_of(token_id)")
         t, restore = _to_tensor(ids)
         if name == "audio" and level is not None:
             r = self._audio_level(level)
@@ -330,6 +388,9 @@ class UnifiedVocabulary:
                 label = (f"audio {self._num_audio_levels}x{self._specs['audio'].codebook_size}"
                          if name == "audio" else f"{name}")
                 parts.append(f"{label}[{r.start},{r.stop})")
+        if "video_run" in self._ranges:
+            r = self._ranges["video_run"]
+            parts.append(f"video_run 1..{self._max_video_run}[{r.start},{r.stop})")
         return " ".join(parts) + f" size={self._size} fp={self._fingerprint}"
 
     def __repr__(self) -> str:
@@ -405,6 +466,8 @@ class UnifiedVocabulary:
             "num_audio_levels": self._num_audio_levels or None,
             "extra_special_tokens": list(self._extra_special_tokens),
             "num_special_slots": self._num_special_slots,
+            # only when present, so a vocabulary without run tokens serializes exactly as before they existed
+            **({"max_video_run": self._max_video_run} if self._max_video_run else {}),
             "layout": self._layout(),
             "size": self._size,
             "fingerprint": self._fingerprint,
@@ -423,7 +486,8 @@ class UnifiedVocabulary:
             specs = {name: CodeSpec(**spec) for name, spec in data["specs"].items()}
             vocab = cls(**specs, num_audio_levels=data.get("num_audio_levels"),
                         extra_special_tokens=tuple(data.get("extra_special_tokens", ())),
-                        num_special_slots=int(data.get("num_special_slots", DEFAULT_SPECIAL_SLOTS)))
+                        num_special_slots=int(data.get("num_special_slots", DEFAULT_SPECIAL_SLOTS)),
+                        max_video_run=int(data.get("max_video_run", 0)))
         except TypeError as e:
             raise ValueError(f"malformed vocabulary description: {e}") from e
         stored_fp = data.get("fingerprint")
@@ -470,8 +534,9 @@ class UnifiedVocabulary:
 
     def _canonical(self, modality: str, must_exist: bool = True) -> str:
         name = "video" if modality == "image" else modality
-        if name not in ("special", *_MODALITY_KWARGS):
-            raise ValueError(f"unknown modality {modality!r}; expected special, text, image, video or audio")
+        if name not in ("special", *_MODALITY_KWARGS, "video_run"):
+            raise ValueError(f"unknown modality {modality!r}; expected special, text, image, video, audio or "
+                             "video_run")
         if must_exist and name not in self._ranges:
             raise ValueError(f"this vocabulary has no {modality} range ({self.describe()})")
         return name
@@ -482,6 +547,12 @@ class UnifiedVocabulary:
         if not 0 <= int(level) < self._num_audio_levels:
             raise ValueError(f"audio level {level} out of range: the vocabulary keeps {self._num_audio_levels} levels")
         return self._audio_levels[int(level)]
+
+    def _run_range(self) -> range:
+        if "video_run" not in self._ranges:
+            raise ValueError(f"this vocabulary has no run tokens ({self.describe()}); build it with max_video_run=n "
+                             "(or vocab.with_video_runs(n))")
+        return self._ranges["video_run"]
 
     def _describe_id(self, token_id: int) -> str:
         try:

@@ -90,6 +90,11 @@ class DataConfig:
     # Fraction of the target video tokens whose *input* copy (what later positions read) is replaced by a random
     # video code in training; the targets themselves stay. 0: off.
     video_input_noise: float = 0.0
+    # Video conditions (v2a, v2t, vcont/avcont) in lossless run-length form (mmtok.run_length): a stretch of cells
+    # equal to the previous latent frame's becomes one <run_k> token. The vocabulary gets run tokens <run_1> ..
+    # <run_{H'W'}> appended (bundle.with_video_runs()), and the exported bundle keeps the setting, so generation and
+    # evaluation prompt the model the way it trained (a bundle saved with the setting keeps it). Outputs stay plain.
+    video_runs: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # sizes of data.source=synthetic
 
 
@@ -141,12 +146,13 @@ class PretrainConfig:
 
 # ------------------------------------------------------------------------------------------------------ data
 def weigh_video_frames(batch: dict[str, Any], weights: Sequence[float], *, video_range: tuple[int, int],
-                       bos_id: int, cells_per_frame: int) -> dict[str, Any]:
+                       bos_id: int, cells_per_frame: int, run_range: tuple[int, int] | None = None) -> dict[str, Any]:
     """``batch`` with a float ``loss_mask``: each target video token of latent frame ``k`` weighs ``weights[k]``
-    (frames past the list weigh 1; other targets 1). A frame is ``cells_per_frame`` consecutive video tokens."""
+    (frames past the list weigh 1; other targets 1). A frame is ``cells_per_frame`` consecutive video cells; a run
+    token of ``run_range`` (run-length conditions) counts the cells it stands for."""
     if any(w < 0 for w in weights):
         raise ValueError(f"data.video_frame_loss_weights must be >= 0, got {list(weights)}")
-    pos = video_positions(batch["input_ids"], video_range, bos_id)  # [B, L], -1 off video
+    pos = video_positions(batch["input_ids"], video_range, bos_id, run_range=run_range)  # [B, L], -1 off video
     table = torch.tensor(list(weights) + [1.0], dtype=torch.float32)
     frame = (pos // cells_per_frame).clamp(max=len(weights))  # [B, L]; len(weights) = "past the list"
     per_token = torch.where(pos >= 0, table[frame.clamp(min=0)], torch.ones_like(pos, dtype=torch.float32))
@@ -159,8 +165,10 @@ def frame_weighted(batches: list[dict[str, Any]], cfg: DataConfig, vocab: Any,
     if not cfg.video_frame_loss_weights:
         return batches
     r = vocab.range_of("video")
+    runs = vocab.range_of("video_run") if vocab.has("video_run") else None
     return [weigh_video_frames(b, cfg.video_frame_loss_weights, video_range=(r.start, r.stop), bos_id=vocab.bos_id,
-                               cells_per_frame=cells_per_frame) for b in batches]
+                               cells_per_frame=cells_per_frame,
+                               run_range=(runs.start, runs.stop) if runs is not None else None) for b in batches]
 
 
 def noise_video_inputs(batch: dict[str, Any], rate: float, *, video_range: tuple[int, int],
@@ -201,17 +209,27 @@ class TrainingBatches:
 
 def load_bundle(cfg: DataConfig) -> tuple[Any, Any]:
     """(vocabulary, ``MultimodalTokenizer`` or None): the bundle of ``data.bundle``, else (synthetic data, which
-    has no tokenizers) a vocabulary laid out from ``data.synthetic``."""
+    has no tokenizers) a vocabulary laid out from ``data.synthetic``. With ``data.video_runs`` the vocabulary has
+    run tokens for runs up to a whole latent frame (and the bundle writes run-length conditions)."""
     if cfg.bundle is not None:
         if not Path(cfg.bundle).is_dir():
             raise FileNotFoundError(f"data.bundle: tokenizer bundle folder not found: {cfg.bundle}")
         from mmtok.multimodal import MultimodalTokenizer
 
         bundle = MultimodalTokenizer.from_pretrained(cfg.bundle)
+        if cfg.video_runs and not bundle.video_runs:
+            if bundle.latent_hw is None:
+                raise ValueError("data.video_runs needs the bundle's video latent size (latent_hw) to size the run "
+                                 "tokens")
+            bundle = bundle.with_video_runs()
         return bundle.vocab, bundle
     if cfg.source != "synthetic":
         raise ValueError("data.bundle is required with data.source=shards (the shards' tokenizer bundle)")
-    return synthetic_vocabulary(cfg.synthetic), None
+    vocab = synthetic_vocabulary(cfg.synthetic)
+    if cfg.video_runs:
+        _, h, w = cfg.synthetic.video_shape
+        vocab = vocab.with_video_runs(h * w)
+    return vocab, None
 
 
 def build_data_source(cfg: DataConfig, vocab: Any, bundle: Any, seed: int, rank: int, world: int,
@@ -225,14 +243,15 @@ def build_data_source(cfg: DataConfig, vocab: Any, bundle: Any, seed: int, rank:
         data = SyntheticTokenData(vocab, cfg.synthetic, tasks=cfg.tasks, batch_size=cfg.batch_size,
                                   max_length=cfg.max_len, cond_dropout=cfg.cond_dropout,
                                   eval_batches=cfg.eval_batches, seed=seed, rank=rank, world_size=world,
-                                  grad_accum=grad_accum)
+                                  grad_accum=grad_accum, video_runs=cfg.video_runs)
         _, h, w = cfg.synthetic.video_shape
         cells_per_frame = h * w
     elif cfg.source == "shards":
         if cfg.shards is None or not Path(cfg.shards).exists():
             raise FileNotFoundError(f"data.shards: token shard folder not found: {cfg.shards}")
         loader_cfg = LoaderConfig(tasks=dict(cfg.tasks), batch_size=cfg.batch_size, seed=seed,
-                                  cond_dropout=cfg.cond_dropout, max_length=cfg.max_len)
+                                  cond_dropout=cfg.cond_dropout, max_length=cfg.max_len,
+                                  video_runs=bool(getattr(bundle, "video_runs", False)))
         data = ShardTokenData(cfg.shards, bundle.vocab, loader_cfg, train_split=cfg.train_split,
                               eval_split=cfg.eval_split, eval_batches=cfg.eval_batches, grad_accum=grad_accum,
                               rank=rank, world_size=world, audio_pattern=bundle.audio_pattern,

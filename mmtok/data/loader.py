@@ -69,6 +69,9 @@ class LoaderConfig:
         pad_to_multiple_of: round the padded length up to a multiple of this.
         drop_last: drop the last incomplete batch of an epoch (always done across ranks so steps match).
         shuffle_buffer: buffer size of the streaming shuffle.
+        video_runs: write video conditions (v2a, v2t, vcont/avcont) in run-length form
+            (:func:`mmtok.sequence.build_example`'s ``video_runs``); the vocabulary needs run tokens
+            (``vocab.with_video_runs(n)``, ``bundle.with_video_runs()``). Outputs stay plain codes.
     """
 
     tasks: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIXTURE))
@@ -82,6 +85,7 @@ class LoaderConfig:
     pad_to_multiple_of: int | None = None
     drop_last: bool = True
     shuffle_buffer: int = 1000
+    video_runs: bool = False
 
 
 def eligible_tasks(row: Mapping[str, Any], tasks: Sequence[str]) -> list[str]:
@@ -172,12 +176,18 @@ class TaskMixtureLoader:
             raise ValueError(f"unknown tasks {unknown}; expected among {list(TASKS)}")
         if not cfg.tasks or any(w < 0 for w in cfg.tasks.values()) or sum(cfg.tasks.values()) <= 0:
             raise ValueError(f"task weights must be >= 0 with a positive sum, got {cfg.tasks}")
+        if cfg.video_runs and not vocab.max_video_run:
+            raise ValueError(f"video_runs=True needs a vocabulary with run tokens ({vocab.describe()}): pass "
+                             "vocab.with_video_runs(n) or bundle.with_video_runs().vocab")
         info: dict[str, Any] = {}
         if isinstance(data, (str, os.PathLike)):
             info = read_dataset_info(data)
             recorded = info.get("vocab_fingerprint")
-            if recorded is not None and recorded != vocab.fingerprint:
-                vocab.check_fingerprint(recorded, layout=info.get("vocab_layout"), what=f"token dataset {data}")
+            # Shards hold local codes, which run tokens do not change: a vocabulary with them reads shards recorded
+            # against its plain layout (the run tokens come after every other range).
+            plain = vocab.without_video_runs()
+            if recorded is not None and recorded not in (vocab.fingerprint, plain.fingerprint):
+                plain.check_fingerprint(recorded, layout=info.get("vocab_layout"), what=f"token dataset {data}")
             data = load_token_dataset(data, split=split, streaming=streaming)
         elif split is not None:
             if isinstance(data, datasets.IterableDataset):
@@ -256,7 +266,8 @@ class TaskMixtureLoader:
             example = build_example(
                 task, self.vocab, text=text if use_text else None, video=codes["video"], audio=codes["audio"],
                 cond_dropout=cfg.cond_dropout, rng=random.Random(dropout_seed),
-                audio_pattern=self.audio_pattern, num_audio_levels=self.num_audio_levels)
+                audio_pattern=self.audio_pattern, num_audio_levels=self.num_audio_levels,
+                video_runs=cfg.video_runs)
             if cfg.max_length is None or len(example) <= cfg.max_length:
                 example.row_id = row["id"]
                 return example
@@ -347,7 +358,8 @@ class TaskMixtureLoader:
                 codes = row_codes(row)
                 text = next((t for t in codes["text"] if t), None) if "text" in TASKS[task].needs else None
                 ex = build_example(task, self.vocab, text=text, video=codes["video"], audio=codes["audio"],
-                                   audio_pattern=self.audio_pattern, num_audio_levels=self.num_audio_levels)
+                                   audio_pattern=self.audio_pattern, num_audio_levels=self.num_audio_levels,
+                                   video_runs=self.config.video_runs)
                 ex.row_id = row["id"]
                 examples.append(ex)
             out.append(self._collate(examples, -1))

@@ -71,12 +71,16 @@ class SyntheticTokenData:
         seed: seed of every random choice.
         rank, world_size: this process and the number of processes.
         grad_accum: micro-batches per optimizer step on each process.
+        video_runs: video conditions in run-length form (``build_example``'s ``video_runs``; the vocabulary needs
+            run tokens). Every synthetic frame shifts all codes of the one before it, so no cell repeats and the
+            sequences equal the plain ones (the vocabulary still has the run tokens).
     """
 
     def __init__(self, vocab: UnifiedVocabulary, config: SyntheticConfig, *, tasks: Mapping[str, float],
                  batch_size: int = 8, max_length: int = 512, cond_dropout: float = 0.1, eval_batches: int = 2,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, grad_accum: int = 1):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, grad_accum: int = 1, video_runs: bool = False):
         self.vocab, self.config, self.seed = vocab, config, seed
+        self.video_runs = video_runs
         self.batch_size, self.max_length, self.cond_dropout = batch_size, max_length, cond_dropout
         self.num_eval_batches = eval_batches
         self.rank, self.world, self.accum = rank, world_size, grad_accum
@@ -103,7 +107,8 @@ class SyntheticTokenData:
             audio = torch.stack([(frames * (cls + 1) + lvl * 5 + cls) % s.audio_codebook
                                  for lvl in range(s.audio_levels)]).long()
             ex = build_example(task, self.vocab, text=text, video=video, audio=audio,
-                               cond_dropout=self.cond_dropout if split == "train" else 0.0, rng=rng)
+                               cond_dropout=self.cond_dropout if split == "train" else 0.0, rng=rng,
+                               video_runs=self.video_runs)
             if len(ex) > self.max_length:
                 raise ValueError(f"a {task} example has {len(ex)} tokens > max_length={self.max_length}")
             self._cache[key] = ex

@@ -182,6 +182,36 @@ def test_segments_are_found_from_the_id_ranges():
     assert mask.sum(1).tolist() == [4, 2] and seg[1, :2].tolist() == VOCAB.to_global("text", text[:2])
 
 
+def test_run_length_video_conditions_are_read_whole_by_the_head():
+    """With run tokens in the vocabulary, a v2a row's run-length video condition is its video segment (codes and runs
+    in order); the head embeds it, and a plain video of the same clip still embeds."""
+    runs_vocab = VOCAB.with_video_runs(4)
+    video = torch.tensor([[[1, 2], [3, 4]], [[1, 2], [3, 9]], [[1, 2], [3, 9]]])  # [3, 2, 2]: runs of 3 and 4
+    audio = torch.zeros(2, 4, dtype=torch.long)
+    ex = build_example("v2a", runs_vocab, video=video, audio=audio, video_runs=True)
+    ids = batch_of([ex, build_example("t2v", runs_vocab, text=[1, 2], video=video)])
+    runs = runs_vocab.range_of("video_run")
+    seg, mask = extract_segments(ids, VIDEO, extra_ranges=[(runs.start, runs.stop)])
+    assert mask.sum(1).tolist() == [7, 12]                             # 4 codes, <run_3>, 9, <run_4> | 12 codes
+    assert [runs_vocab.token_name(i) for i in seg[0, :7]] == [
+        "video:1", "video:2", "video:3", "video:4", "<run_3>", "video:9", "<run_4>"]
+    assert extract_segments(ids, VIDEO)[1].sum(1).tolist() == [5, 12]  # without the run range the runs are lost
+
+    torch.manual_seed(0)
+    config = MMLMConfig.from_preset("debug", vocab=runs_vocab, video_grid=[3, 2, 2])
+    backbone = MMLMModel(config)
+    head = AlignmentHead(config.hidden_size, AlignmentConfig.from_vocabulary(runs_vocab, va_dim=VA_DIM, vt_dim=VT_DIM),
+                         modality_ranges=config.modality_ranges, bos_token_id=config.bos_token_id,
+                         pad_token_id=config.pad_token_id).eval()
+    assert head.extra_ranges("video") == [(runs.start, runs.stop)] and head.extra_ranges("audio") == []
+    out = head(backbone, ids)
+    assert out.num_va == 1 and torch.isfinite(out.loss)
+    emb = head.encode(backbone, "video", seg[:1, :7])["va"]            # run-length ids are accepted as video
+    assert emb.shape == (1, VA_DIM)
+    with pytest.raises(ValueError, match="run-token range"):
+        head.encode(backbone, "video", torch.tensor([[VOCAB.bos_id]]), mask=torch.ones(1, 1, dtype=torch.bool))
+
+
 # ----------------------------------------------------------------------------------------------------- training
 CLASSES = 6
 

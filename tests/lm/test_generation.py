@@ -217,6 +217,28 @@ def test_kv_cache_and_no_cache_agree_with_video_position_embeddings(bundle):
         assert torch.equal(cached.output_ids, uncached.output_ids)
 
 
+def test_a_bundle_with_run_length_conditions_prompts_with_runs_and_caches_exactly(bundle):
+    runs = bundle.with_video_runs()                                    # <run_1> .. <run_16> for the 4x4 latents
+    model = make_model(runs, seed=4, video_grid=[3, 4, 4])
+    with torch.no_grad():
+        model.model.embed_video_positions.cell.weight.normal_()
+    g = MultimodalGenerator(model, runs, num_frames=FRAMES)
+    video = torch.randint(0, len(runs.vocab.range_of("video")), (2, 4, 4), generator=torch.Generator().manual_seed(0))
+    video[1] = video[0]                                                # a still condition: frame 1 is one <run_16>
+    run16 = runs.vocab.run_token_id(16)
+    for cfg_scale in (None, 3.0):  # with guidance, the empty unconditional prompt is left-padded
+        cached, uncached = (g.generate_from_codes("vcont", [{"video": video}], video_frames=3, cond_frames=2,
+                                                  decode=False, sampling=SamplingConfig(
+                                                      temperature=0, cfg_scale=cfg_scale, use_cache=use_cache))
+                            for use_cache in (True, False))
+        assert torch.equal(cached.output_ids, uncached.output_ids)
+        seq = cached.sequences[0]
+        assert int((seq == run16).sum()) == 1
+        assert not bool((seq[-18:] >= runs.vocab.run_token_id(1)).any())  # the output: 16 plain codes, <eov> <eos>
+        assert torch.equal(cached.parsed[0].condition["video"], video)  # the condition parses back to its codes
+        assert cached.parsed[0].video.shape == (3, 4, 4)
+
+
 def test_batched_left_padded_prompts_match_single_prompts(gen):
     both = gen.text_to_video([CAPTIONS[2], "blue"], temperature=0)
     for i, caption in enumerate([CAPTIONS[2], "blue"]):

@@ -411,6 +411,51 @@ def test_video_grid_embeds_cells_and_frames_and_generates_with_a_cache(tmp_path)
         make_model(video_grid=[3, 2, 2])                                # no bos_token_id
 
 
+def test_video_positions_count_the_cells_of_run_tokens():
+    """Run-length video conditions: every code keeps the (frame, cell) index it has in the plain form, and a run
+    token takes the index of its first cell (here over a vcont sequence, with its two video segments)."""
+    from lm.modeling_mmlm import video_positions
+    from mmtok.interface import CodeSpec
+    from mmtok.run_length import run_cells, video_runs_from_global
+    from mmtok.sequence import build_example
+    from mmtok.vocab import UnifiedVocabulary
+
+    vocab = UnifiedVocabulary(text=CodeSpec("text", 20), video=CodeSpec("video", 16), max_video_run=6)
+    g = torch.Generator().manual_seed(0)
+    video = torch.randint(0, 16, (6, 2, 3), generator=g)
+    video[2] = video[1]                                                 # a static frame: one <run_6>
+    video[3, 0] = video[2, 0]                                           # half a frame repeats: one <run_3>
+    runs = vocab.range_of("video_run")
+    plain = build_example("vcont", vocab, video=video, cond_frames=4).input_ids
+    folded = build_example("vcont", vocab, video=video, cond_frames=4, video_runs=True).input_ids
+    assert len(folded) < len(plain)
+    rng = (vocab.range_of("video").start, vocab.range_of("video").stop)
+    ids = torch.stack([plain, torch.cat([folded, torch.zeros(len(plain) - len(folded), dtype=torch.long)])])
+    pos = video_positions(ids, rng, vocab.bos_id, run_range=(runs.start, runs.stop))  # [2, L]
+    is_vid = pos[0] >= 0
+    assert torch.equal(pos[0][is_vid], torch.arange(video.numel()))    # plain: index = cell in (t, h, w) order
+    tokens = video_runs_from_global(folded[pos[1][:len(folded)] >= 0], vocab)
+    first_cell = run_cells(tokens).cumsum(0) - run_cells(tokens)
+    assert torch.equal(pos[1][:len(folded)][pos[1][:len(folded)] >= 0], first_cell)
+    flat = video.flatten()
+    codes = tokens >= 0
+    assert torch.equal(flat[first_cell[codes]], tokens[codes])         # each code sits at its plain cell
+    assert int((tokens < 0).sum()) >= 2 and pos[1][len(folded):].eq(-1).all()
+    # without run_range, run tokens are not video tokens (and the cells after them would shift)
+    assert not torch.equal(video_positions(ids[1:], rng, vocab.bos_id), pos[1:])
+
+    # the model reads the run range from its config: same positions, and cached generation still matches
+    config = MMLMConfig.from_preset("debug", vocab=vocab, video_grid=[6, 2, 3])
+    assert config.modality_ranges["video_run"] == [runs.start, runs.stop]
+    torch.manual_seed(0)
+    model = MMLMForCausalLM(config).eval()
+    assert torch.equal(model.model.video_token_positions(ids), pos)
+    prompt = folded[: len(folded) - 12][None]                          # the prefix and a little output
+    cached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True)
+    uncached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
 def test_tied_embeddings_option():
     model = make_model(tie_word_embeddings=True)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
@@ -484,7 +529,7 @@ def test_with_the_real_unified_vocabulary():
     config = MMLMConfig.from_preset("debug", vocab=vocab)
     assert config.vocab_size == vocab.size and config.vocab_fingerprint == vocab.fingerprint
     assert config.modality_ranges["video"] == [vocab.range_of("video").start, vocab.range_of("video").stop]
-    assert set(config.modality_ranges) == {"special", "text", "video", "audio"}
+    assert set(config.modality_ranges) == {"special", "text", "video", "audio"}  # no run tokens: no video_run
     assert config.pad_token_id == vocab.pad_id and config.eos_token_id == vocab.eos_id
     config.check_vocabulary(vocab)
     other = vocab_mod.UnifiedVocabulary(text=CodeSpec("text", 100), video=CodeSpec("video", 128))

@@ -361,3 +361,104 @@ def test_parse_audio_levels_are_checked(vocab):
     assert fixed.audio[:2, 0].tolist() == [0, 0] and torch.equal(fixed.audio[:, 1:], audio[:, 1:])
     with pytest.raises(SequenceError, match="audio frames of 4"):
         parse_sequence(ex.input_ids[:-3].tolist() + ex.input_ids[-2:].tolist(), vocab, latent_hw=(1, 1))
+
+
+# ------------------------------------------------------------------------------------- run-length video conditions
+MAX_RUN = 3
+
+
+@pytest.fixture(scope="module")
+def runs_vocab(vocab) -> UnifiedVocabulary:
+    return vocab.with_video_runs(MAX_RUN)
+
+
+def _repeating_video(t: int, h: int, w: int, seed: int, p_repeat: float) -> torch.Tensor:
+    """Codes ``[t, h, w]`` where each cell repeats the one a frame earlier with probability ``p_repeat``."""
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randint(0, VIDEO, (t, h, w), generator=g)
+    for k in range(1, t):
+        keep = torch.rand(h, w, generator=g) < p_repeat
+        video[k][keep] = video[k - 1][keep]
+    return video
+
+
+@settings(max_examples=120, deadline=None)
+@given(task=st.sampled_from(list(TASKS)), t=st.integers(2, 5), h=st.integers(1, 3), w=st.integers(1, 4),
+       p_repeat=st.sampled_from([0.0, 0.5, 0.9, 1.0]), seed=st.integers(0, 2**16), opt_text=st.booleans())
+def test_run_length_conditions_shorten_the_prefix_keep_the_output_and_parse_back(vocab, runs_vocab, task, t, h, w,
+                                                                                  p_repeat, seed, opt_text):
+    from mmtok.run_length import run_length_encode_video
+
+    video = _repeating_video(t, h, w, seed, p_repeat)
+    audio = torch.randint(0, AUDIO_CB, (LEVELS, 4), generator=torch.Generator().manual_seed(seed))
+    kw = inputs_for(task, [1, 2, 3], video, audio, with_optional_text=opt_text)
+    plain = build_example(task, runs_vocab, **kw)                      # the run vocabulary, plain form
+    runs = build_example(task, runs_vocab, **kw, video_runs=True)
+    assert torch.equal(plain.input_ids, build_example(task, vocab, **kw).input_ids)  # run tokens move no other id
+    # the output (and the loss mask over it) is untouched; only the video condition shrinks, by the folded cells
+    assert torch.equal(runs.input_ids[runs.prefix_len:], plain.input_ids[plain.prefix_len:])
+    assert torch.equal(runs.loss_mask, torch.arange(len(runs)) >= runs.prefix_len)
+    cond_video = {"v2a": video, "v2t": video, "vcont": video[:max(1, t // 2)], "avcont": video[:max(1, t // 2)]}
+    if task in cond_video:
+        rl = run_length_encode_video(cond_video[task], max_run=MAX_RUN)
+        assert plain.prefix_len - runs.prefix_len == cond_video[task].numel() - rl.numel()
+        run_ids = runs.input_ids[(runs.input_ids >= runs_vocab.range_of("video_run").start)]
+        assert run_ids.numel() == int((rl < 0).sum())
+        if p_repeat == 1.0 and h * w > 1 and cond_video[task].shape[0] > 1:
+            assert runs.prefix_len < plain.prefix_len                  # a static clip folds (1-cell runs do not)
+    else:  # t2v, t2i, a2v have no video condition; i2v's is one frame
+        assert torch.equal(runs.input_ids, plain.input_ids)
+    # both forms parse to the same codes, strictly, with no repair
+    for ex in (plain, runs):
+        parsed = parse_sequence(ex.input_ids, runs_vocab, latent_hw=(h, w), video_frames=t)
+        assert parsed.repairs == [] and parsed.task == task
+        assert torch.equal(parsed.video, video[:1] if task == "t2i" else video)
+    # the prompt is the example's prefix in the same form
+    if task in ("v2a", "v2t", "vcont"):
+        k = max(1, t // 2)
+        prompt = build_prompt(task, runs_vocab, video=video[:k] if task == "vcont" else video,
+                              text=kw.get("text"), text_condition=kw.get("text_condition"), video_runs=True)
+        assert torch.equal(prompt, runs.input_ids[:runs.prefix_len])
+
+
+def test_run_length_example_reads_as_expected(runs_vocab):
+    video = torch.tensor([[[1, 2, 3]], [[1, 2, 9]], [[1, 2, 9]]])     # [T'=3, H'=1, W'=3]
+    audio = torch.zeros(LEVELS, 1, dtype=torch.long)
+    ex = build_example("v2a", runs_vocab, video=video, audio=audio, video_runs=True)
+    assert names(runs_vocab, ex.input_ids[:ex.prefix_len]) == [
+        "<bos>", "<v2a>", "<bov>", "video:1", "video:2", "video:3", "<run_2>", "video:9", "<run_3>", "<eov>", "<boa>"]
+    assert ex.prefix_len == 11
+    # cfg dropout empties a run-length condition like a plain one
+    dropped = build_example("v2a", runs_vocab, video=video, audio=audio, video_runs=True, cond_dropout=1.0)
+    assert names(runs_vocab, dropped.input_ids[:5]) == ["<bos>", "<v2a>", "<bov>", "<eov>", "<boa>"]
+    assert parse_sequence(dropped.input_ids, runs_vocab, latent_hw=(1, 3)).condition_dropped
+    # the output constraints do not depend on the option (outputs are plain codes)
+    cons = output_constraints("v2a", runs_vocab, latent_hw=(1, 3), video_frames=3, audio_frames=1)
+    assert torch.equal(cons[:, 0], ex.input_ids[ex.prefix_len:])
+
+
+def test_video_runs_need_run_tokens_and_malformed_runs_are_named(vocab, runs_vocab):
+    video = torch.tensor([[[1, 2, 3]], [[1, 2, 9]]])
+    audio = torch.zeros(LEVELS, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="needs a vocabulary with run tokens"):
+        build_example("v2a", vocab, video=video, audio=audio, video_runs=True)
+    with pytest.raises(ValueError, match="needs a vocabulary with run tokens"):
+        build_prompt("v2t", vocab, video=video, video_runs=True)
+    ids = build_example("v2a", runs_vocab, video=video, audio=audio, video_runs=True).input_ids.tolist()
+    assert names(runs_vocab, ids[3:7]) == ["video:1", "video:2", "video:3", "<run_2>"]
+    run2, run3 = runs_vocab.run_token_id(2), runs_vocab.run_token_id(3)
+    cases = {
+        "latent frame 0": ids[:4] + [run2] + ids[6:],                  # frame 0: 1 <run_2> | frame 1 as before
+        "passes the frame's end": ids[:6] + [ids[7], run3] + ids[8:],  # frame 1: 9 <run_3> -> 4 cells
+    }
+    for message, seq in cases.items():
+        with pytest.raises(SequenceError, match=message):
+            parse_sequence(seq, runs_vocab, latent_hw=(1, 3))
+        fixed = parse_sequence(seq, runs_vocab, latent_hw=(1, 3), repair=True)
+        assert any("malformed runs" in r for r in fixed.repairs)
+    fixed = parse_sequence(cases["latent frame 0"], runs_vocab, latent_hw=(1, 3), repair=True)
+    assert fixed.condition["video"].tolist() == [[[1, 0, 0]], [[1, 0, 9]]]  # cells copied from before frame 0: 0
+    # a run in an image segment (one frame) is a run in frame 0
+    i2v = build_example("i2v", runs_vocab, video=video).input_ids.tolist()
+    with pytest.raises(SequenceError, match="latent frame 0"):
+        parse_sequence(i2v[:3] + [runs_vocab.run_token_id(1)] + i2v[4:], runs_vocab, latent_hw=(1, 3))

@@ -194,3 +194,53 @@ def test_mismatched_tokenizers_and_models_name_both_layouts():
     assert other.describe() in str(err.value) and vocab.describe() in str(err.value)
     assert "LM config" in str(err.value)
     vocab.check_fingerprint(vocab.fingerprint)  # no error
+
+
+# ------------------------------------------------------------------------------------------------- run tokens
+def test_without_run_tokens_the_layout_and_fingerprint_are_those_of_before():
+    # pinned from the layout before run tokens existed: existing bundles and checkpoints must keep it
+    vocab = UnifiedVocabulary(text=CodeSpec("text", 50), video=CodeSpec("video", 64),
+                              audio=CodeSpec("audio", 16, 6), num_audio_levels=4)
+    assert vocab.fingerprint == "d2a613d6d689aa47"
+    assert "video_run" not in vocab.ranges() and vocab.max_video_run == 0 and not vocab.has("video_run")
+    data = vocab.to_dict()
+    assert "max_video_run" not in data and "video_run" not in data["layout"]
+    assert UnifiedVocabulary(text=CodeSpec("text", 50), video=CodeSpec("video", 64), audio=CodeSpec("audio", 16, 6),
+                             num_audio_levels=4, max_video_run=0) == vocab
+
+
+def test_run_tokens_are_appended_after_every_range_and_round_trip(tmp_path):
+    plain = make_vocab()
+    runs = plain.with_video_runs(16)
+    assert runs.max_video_run == 16 and runs.has("video_run") and runs.size == plain.size + 16
+    for name, r in plain.ranges().items():               # every other id keeps its meaning
+        assert runs.range_of(name) == r
+    assert runs.range_of("video_run") == range(plain.size, plain.size + 16)
+    assert runs.fingerprint != plain.fingerprint and runs.without_video_runs() == plain
+    assert "video_run 1..16" in runs.describe()
+    assert runs.run_token_id(1) == plain.size and runs.run_token_id([3, 16]) == [plain.size + 2, plain.size + 15]
+    assert runs.run_length_of(plain.size + 15) == 16
+    assert torch.equal(runs.run_length_of(runs.run_token_id(torch.arange(1, 17))), torch.arange(1, 17))
+    assert runs.token_name(plain.size + 2) == "<run_3>" and runs.modality_of(plain.size) == "video_run"
+    path = tmp_path / "vocab.json"
+    runs.to_json(path)
+    again = UnifiedVocabulary.from_json(path)
+    assert again == runs and again.fingerprint == runs.fingerprint and again.max_video_run == 16
+
+
+def test_run_token_errors_name_the_problem():
+    plain, runs = make_vocab(), make_vocab(max_video_run=4)
+    with pytest.raises(ValueError, match="no run tokens"):
+        plain.run_token_id(1)
+    with pytest.raises(ValueError, match="run lengths"):
+        runs.run_token_id(5)
+    with pytest.raises(ValueError, match="run lengths"):
+        runs.run_token_id(0)
+    with pytest.raises(ValueError, match="run token ids"):
+        runs.run_length_of(runs.range_of("video").start)
+    with pytest.raises(ValueError, match="run_token_id"):
+        runs.to_global("video_run", 1)
+    with pytest.raises(ValueError, match="needs a video range"):
+        make_vocab(video=None, max_video_run=4)
+    with pytest.raises(ValueError, match="max_video_run"):
+        make_vocab(max_video_run=-1)

@@ -251,6 +251,84 @@ def test_pretrain_on_token_shards_through_the_loader(tmp_path):
     AutoModelForCausalLM.from_pretrained(export).check_vocabulary(tokenizer)
 
 
+def test_pretrain_with_run_length_video_conditions(tmp_path):
+    """data.video_runs=true: two debug steps on shards of mostly static clips; the vocabulary gets run tokens, the
+    exported bundle keeps the setting (its prompts fold like the training data) and matches the model."""
+    from accelerate.state import AcceleratorState
+
+    from mmtok.data.shards import DATASET_FILE, make_row, shard_name, write_shard
+    from mmtok.interface import CodeSpec
+    from mmtok.multimodal import MultimodalTokenizer
+    from mmtok.vocab import UnifiedVocabulary
+    from recipes.common import read_metrics
+    from recipes.pretrain import main
+
+    vocab = UnifiedVocabulary(text=CodeSpec("text", 64), video=CodeSpec("video", 32), audio=CodeSpec("audio", 16, 2))
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(24):
+        video = torch.randint(0, 32, (1, 2, 2), generator=g).repeat(3, 1, 1)  # [3, 2, 2]: a still background
+        video[1 + i % 2, i % 2, 0] = (video[0, 0, 0] + 1) % 32               # one cell changes
+        rows.append(make_row(id=f"c{i:03d}", split="validation" if i % 6 == 0 else "train", captions=[f"clip {i}"],
+                             text_ids=[[i % 64, 1]], video=video, audio=torch.randint(0, 16, (2, 4), generator=g),
+                             num_frames=9, num_samples=100, meta={}))
+    tokens = tmp_path / "tokens"
+    write_shard(tokens / "shards" / f"{shard_name(0, 1)}.arrow", rows)
+    (tokens / DATASET_FILE).write_text(json.dumps({
+        "shards": [{"file": f"{shard_name(0, 1)}.arrow", "num_records": 24, "num_rows": 24}],
+        "vocab_fingerprint": vocab.fingerprint, "vocab_layout": vocab.describe(),
+        "audio_pattern": "frame_major", "num_audio_levels": 2}))
+    bundle = tmp_path / "bundle"
+    MultimodalTokenizer(text=CodebookStub("text", 64), video=CodebookStub("video", 32),
+                        audio=CodebookStub("audio", 16, 2), vocab=vocab, latent_hw=(2, 2)).save_pretrained(bundle)
+
+    run_dir = tmp_path / "run"
+    try:
+        metrics = main(["--config", str(CONFIG), f"run_dir={run_dir}", "data.source=shards", f"data.shards={tokens}",
+                        f"data.bundle={bundle}", "data.tasks={v2a: 1.0, vcont: 1.0}", "data.tasks.t2v=0",
+                        "data.tasks.v2t=0", "data.eval_batches=1", "data.video_runs=true",
+                        "data.video_frame_loss_weights=[1.0,2.0]", "model.overrides={video_grid: [3, 2, 2]}",
+                        "train.steps=2", "train.eval_every=2", "train.save_every=100"])
+    finally:
+        AcceleratorState._reset_state(True)
+    assert {"eval/loss_v2a", "eval/loss_vcont"} <= set(metrics)
+    assert [r["step"] for r in read_metrics(run_dir) if "train/loss" in r] == [1, 2]
+    import lm  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    export = run_dir / "export"
+    tokenizer = MultimodalTokenizer.from_pretrained(export)
+    assert tokenizer.video_runs and tokenizer.vocab.max_video_run == 4  # runs up to a whole 2x2 latent frame
+    assert tokenizer.vocab.without_video_runs() == vocab
+    model = AutoModelForCausalLM.from_pretrained(export)
+    model.check_vocabulary(tokenizer)
+    r = tokenizer.vocab.range_of("video_run")
+    assert model.config.modality_ranges["video_run"] == [r.start, r.stop] and model.config.vocab_size == r.stop
+    assert model.config.video_grid == [3, 2, 2]                        # its positions count the runs' cells
+    # the exported bundle prompts in the form the model trained on: rows' still frames fold into <run_4>
+    prompt = tokenizer.build_prompt("v2a", video=torch.zeros(3, 2, 2, dtype=torch.long))
+    assert (prompt == tokenizer.vocab.run_token_id(4)).sum() == 2
+
+
+def test_video_frame_loss_weights_count_the_cells_of_run_tokens():
+    from recipes.pretrain import DataConfig, load_bundle, weigh_video_frames
+
+    vocab, _ = load_bundle(DataConfig(video_runs=True))  # synthetic data: runs up to a whole 3x3 latent frame
+    assert vocab.max_video_run == 9 and load_bundle(DataConfig())[0] == vocab.without_video_runs()
+
+    # <bos> <v2a> <bov> | frame 0: 2 codes, frame 1: one run of 2 cells | <eov> <boa> audio <eoa> <eos>
+    # vcont-like output after it would start at frame 2: here a second segment of 2 codes is an output video
+    ids = torch.tensor([[1, 5, 7, 100, 101, 250, 8, 7, 102, 103, 8, 2]])  # 250 = <run_2> of runs [249, 251)
+    mask = torch.zeros_like(ids)
+    mask[0, 8:] = 1
+    batch = {"input_ids": ids, "loss_mask": mask, "prefix_len": torch.tensor([8])}
+    out = weigh_video_frames(batch, [1.0, 1.0, 5.0], video_range=(100, 200), bos_id=1, cells_per_frame=2,
+                             run_range=(249, 251))
+    assert out["loss_mask"][0, 8:].tolist() == [5, 5, 1, 1]             # the output codes are latent frame 2
+    plain = weigh_video_frames(batch, [1.0, 1.0, 5.0], video_range=(100, 200), bos_id=1, cells_per_frame=2)
+    assert plain["loss_mask"][0, 8:].tolist() == [1, 1, 1, 1]           # without the run range: frame 1 (wrong)
+
+
 def test_alignment_weight_adds_a_falling_contrastive_loss_and_the_head_is_exported(tmp_path):
     run_dir = tmp_path / "align"
     run_plain(run_dir, "alignment.weight=0.5", "alignment.head.droptoken=0.25")

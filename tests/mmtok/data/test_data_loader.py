@@ -212,3 +212,42 @@ def test_a_damaged_shard_is_an_error_naming_the_file(tokens, tmp_path):
     shard.write_bytes(data[: len(data) // 3])
     with pytest.raises(ValueError, match=f"token shard .*{shard.name} is damaged"):
         load_token_dataset(copy)
+
+
+def test_video_runs_fold_the_video_conditions_of_plain_shards(tmp_path):
+    """``video_runs=True`` over shards recorded against the plain vocabulary: the loader takes the vocabulary with
+    run tokens, folds the static frames of every v2a condition and leaves the outputs as they were."""
+    g = torch.Generator().manual_seed(0)
+    rows = [make_row(id=f"s{i:02d}", split="train", captions=[f"still {i}"], text_ids=[[i % 128, 3]],
+                     video=torch.randint(0, 64, (1, 2, 2), generator=g).expand(3, 2, 2),  # 3 equal frames
+                     audio=torch.randint(0, 32, (2, 6), generator=g), num_frames=9, num_samples=100, meta={})
+            for i in range(16)]
+    write_shard(tmp_path / "shards" / f"{shard_name(0, 1)}.arrow", rows)
+    (tmp_path / DATASET_FILE).write_text(json.dumps({
+        "shards": [{"file": f"{shard_name(0, 1)}.arrow", "num_records": 16, "num_rows": 16}],
+        "vocab_fingerprint": VOCAB.fingerprint, "vocab_layout": VOCAB.describe(),
+        "audio_pattern": "frame_major", "num_audio_levels": 2}))
+    runs_vocab = VOCAB.with_video_runs(4)
+    cfg = dict(tasks={"v2a": 1.0}, batch_size=4, group_window=2, cond_dropout=0.0, text_condition_prob=0.0)
+    plain = TaskMixtureLoader(tmp_path, VOCAB, LoaderConfig(**cfg))
+    folded = TaskMixtureLoader(tmp_path, runs_vocab, LoaderConfig(**cfg, video_runs=True))
+    run4 = runs_vocab.run_token_id(4)
+    pairs = list(zip(plain.epoch_batches(0), folded.epoch_batches(0)))
+    assert len(pairs) == 4
+    for a, b in pairs:
+        assert a["ids"] == b["ids"]
+        # 12 video cells -> 4 codes and one <run_4> per repeated frame: 6 tokens shorter, outputs unchanged
+        assert torch.equal(b["prefix_len"], a["prefix_len"] - 6)
+        assert (b["input_ids"] == run4).sum(1).tolist() == [2] * 4
+        for i in range(4):
+            pa, pb = int(a["prefix_len"][i]), int(b["prefix_len"][i])
+            n = int(a["attention_mask"][i].sum())
+            assert torch.equal(b["input_ids"][i, pb:n - 6], a["input_ids"][i, pa:n])
+            assert torch.equal(b["loss_mask"][i, pb:n - 6], a["loss_mask"][i, pa:n])
+    evals = folded.eval_batches("v2a")
+    assert evals and all(int((e["input_ids"] == run4).sum()) == 8 for e in evals)
+    with pytest.raises(ValueError, match="run tokens"):
+        TaskMixtureLoader(tmp_path, VOCAB, LoaderConfig(**cfg, video_runs=True))
+    with pytest.raises(VocabularyMismatchError):  # the shards' layout is still checked, run tokens aside
+        TaskMixtureLoader(tmp_path, UnifiedVocabulary(text=CodeSpec("text", 100), video=CodeSpec("video", 64),
+                                                      max_video_run=4))
