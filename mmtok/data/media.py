@@ -99,6 +99,26 @@ def _open(path: str | os.PathLike) -> Any:
         raise MediaError(path, f"cannot open ({e})") from e
 
 
+def _seek_or_reopen(container: Any, path: str | os.PathLike, kind: str, start: float) -> tuple[Any, Any]:
+    """Seek ``container`` to the keyframe at or before ``start`` in its first ``kind`` ("video" or "audio") stream;
+    return the container and that stream.
+
+    A stream that cannot seek (an MPEG program stream without an index, for one) refuses with an error and may be
+    left past its data, where decoding finds nothing; the file is then opened again and decoded from the beginning
+    (the callers discard what comes before ``start``).
+    """
+    stream = getattr(container.streams, kind)[0]
+    if start <= 0:
+        return container, stream
+    try:
+        container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
+        return container, stream
+    except av.FFmpegError:
+        container.close()
+        container = _open(path)
+        return container, getattr(container.streams, kind)[0]
+
+
 def _ffmpeg_reason(e: BaseException) -> str:
     strerror = getattr(e, "strerror", None)
     return str(strerror or e)
@@ -215,12 +235,8 @@ def _to_rgb(frame: Any, size: int | Sequence[int] | None, reformatter: Any = Non
 
 
 def _iter_video_frames(container: Any, stream: Any, path: Any, start: float) -> Iterator[tuple[float, Any]]:
-    """Decoded frames as (presentation time in seconds, frame), starting at the keyframe at or before ``start``."""
-    if start > 0:
-        try:
-            container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-        except av.FFmpegError:
-            container.seek(0)  # unseekable stream: decode from the beginning and discard
+    """Decoded frames as (presentation time in seconds, frame), from where :func:`_seek_or_reopen` left the
+    container (the keyframe at or before ``start``, or the beginning)."""
     rate = stream.average_rate or stream.guessed_rate or Fraction(25)
     index = 0
     last = -math.inf
@@ -274,7 +290,7 @@ def read_video(path: str | os.PathLike, *, fps: float | None = None, num_frames:
     try:
         if not container.streams.video:
             raise MediaError(path, "no video stream")
-        stream = container.streams.video[0]
+        container, stream = _seek_or_reopen(container, path, "video", start)
         stream.codec_context.thread_count = threads
         stream.thread_type = "AUTO" if threads != 1 else "SLICE"
         limit = num_frames if num_frames is not None else math.inf
@@ -378,12 +394,7 @@ def read_audio(path: str | os.PathLike, *, sample_rate: int, mono: bool = True, 
     try:
         if not container.streams.audio:
             raise MediaError(path, "no audio stream")
-        stream = container.streams.audio[0]
-        if start > 0:
-            try:
-                container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-            except av.FFmpegError:
-                container.seek(0)
+        container, stream = _seek_or_reopen(container, path, "audio", start)
         layout = "mono" if mono else None
         resampler = None
         chunks: list[np.ndarray] = []

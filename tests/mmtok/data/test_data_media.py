@@ -252,3 +252,40 @@ def test_audio_with_nan_samples_is_a_media_error(tmp_path):
     (tmp_path / "nan.wav").write_bytes(wav)
     with pytest.raises(MediaError, match=r"nan\.wav: audio holds NaN or infinite samples"):
         read_audio(tmp_path / "nan.wav", sample_rate=16000)
+
+
+def test_a_file_that_refuses_to_seek_is_decoded_from_the_start(clip, monkeypatch):
+    """Some MPEG program streams refuse every seek and are left past their data by the attempt (pygame's blue.mpg
+    in Debian): the reader opens the file again and decodes from the beginning."""
+    import errno
+
+    import av
+
+    from mmtok.data import media
+
+    class Unseekable:
+        def __init__(self, container):
+            self._container = container
+
+        def __getattr__(self, name):
+            return getattr(self._container, name)
+
+        def seek(self, *args, **kwargs):
+            for _ in self._container.demux():   # the failed seek leaves the demuxer at the end
+                pass
+            raise av.error.PermissionError(errno.EPERM, "Operation not permitted")
+
+    real_open, opened = media._open, []
+
+    def open_first_unseekable(path):
+        opened.append(path)
+        container = real_open(path)
+        return Unseekable(container) if len(opened) == 1 else container
+
+    monkeypatch.setattr(media, "_open", open_first_unseekable)
+    assert frame_index(read_video(clip, start=0.5, num_frames=3)) == [4, 5, 6]
+    assert len(opened) == 2
+    opened.clear()
+    np.testing.assert_allclose(read_audio(clip, sample_rate=SR, start=1.0, duration=0.5), tone(17 / 8)[SR:SR + SR // 2],
+                               atol=1e-3)
+    assert len(opened) == 2
