@@ -19,11 +19,13 @@ Importing this package registers ``PatchEncoderConfig`` / ``PatchEncoderModel`` 
 """
 
 from mmtok.encoders.configuration_encoder import PRESETS, PatchEncoderConfig
+from mmtok.encoders.embeddings import Embedded, build_embeddings
 from mmtok.encoders.modeling_encoder import PatchEncoderModel, PatchEncoderOutput
 from mmtok.encoders.packing import Packing, packed_attention
 from mmtok.encoders.rlt import rlt_keep_mask, run_lengths
 from mmtok.encoders.token_merging import merge_tokens
 from mmtok.encoders.token_selection import hard_topk, perturbed_topk
 
-__all__ = ["PRESETS", "Packing", "PatchEncoderConfig", "PatchEncoderModel", "PatchEncoderOutput", "hard_topk",
-           "merge_tokens", "packed_attention", "perturbed_topk", "rlt_keep_mask", "run_lengths"]
+__all__ = ["PRESETS", "Embedded", "Packing", "PatchEncoderConfig", "PatchEncoderModel", "PatchEncoderOutput",
+           "build_embeddings", "hard_topk", "merge_tokens", "packed_attention", "perturbed_topk", "rlt_keep_mask",
+           "run_lengths"]

@@ -34,7 +34,7 @@ MODALITIES = ("video", "audio", "text")
 ATTENTIONS = ("joint", "divided")
 MERGES = ("tome", "vtm")
 AUDIO_INPUTS = ("waveform", "log_mel")
-PACKED_ATTENTIONS = ("block_mask", "per_clip")
+PACKED_ATTENTIONS = ("padded", "block_mask", "per_clip")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "debug": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2.0, tubelet_size=2,
@@ -71,10 +71,12 @@ class PatchEncoderConfig(PretrainedConfig):
             space within each frame, each with its own projections). Divided attention needs the full tubelet
             grid, so it is video only and refuses RLT, ToMe / VTM and STTS's region stage.
         packed_attention: how attention runs over a packed batch whose clips hold different numbers of tokens:
-            ``"block_mask"`` (one attention call over all tokens with a block-diagonal mask; cost grows with the
+            ``"padded"`` (each clip padded to the longest, one batched call with a key padding mask; cost ``B``
+            times the longest clip's square: the default, as a training batch of clips of similar lengths is the
+            common case), ``"block_mask"`` (one call over all tokens with a block-diagonal mask; cost grows with the
             square of the total, fine for a few short clips) or ``"per_clip"`` (one call per clip; cost is the sum of
-            squares, better for many or long clips). Batches whose clips are all the same length always run as one
-            batched call without a mask.
+            squares, in as many calls: for a few clips of very different lengths). Batches whose clips are all the
+            same length always run as one batched call without a mask.
         in_channels: video channels (3).
         tubelet_size: frames per tubelet ``t`` (ViViT's tubelet embedding, arXiv 2103.15691). ``T`` must be a
             multiple of it; an image (``T = 1``) is repeated to one still tubelet.
@@ -131,7 +133,7 @@ class PatchEncoderConfig(PretrainedConfig):
         qkv_bias: bool = True,
         initializer_range: float = 0.02,
         attention: str = "joint",
-        packed_attention: str = "block_mask",
+        packed_attention: str = "padded",
         in_channels: int = 3,
         tubelet_size: int = 2,
         patch_size: int = 8,

@@ -11,8 +11,9 @@ Reading order:
    TimeSformer's ``temporal_fc``), so a divided encoder loaded from a joint one starts as that encoder. With one
    tubelet time step temporal attention has nothing to mix (a token attending only to itself would just add its
    value projection), so it is skipped: divided attention is then exactly joint attention.
-3. :class:`PatchEncoderModel`: embeddings (:mod:`mmtok.encoders.embeddings`, RLT inside), STTS before block
-   ``stts_layer``, the blocks (ToMe / VTM inside), a final LayerNorm and the size-weighted mean of each clip's tokens.
+3. :class:`PatchEncoderModel`: embeddings (:mod:`mmtok.encoders.embeddings`, RLT inside; ``embed``), then
+   (``encode_embedded``) STTS before block ``stts_layer``, the blocks (ToMe / VTM inside), a final LayerNorm and the
+   size-weighted mean of each clip's tokens.
 
 Every tensor between the embeddings and the output is packed: ``[N, C]`` with ``N`` the total of all clips' tokens.
 """
@@ -37,7 +38,7 @@ from mmtok.encoders.token_merging import SaliencyScorer, merge_tokens
 from mmtok.encoders.token_selection import SpatioTemporalSelector
 from mmtok.pretrained import StrictLoadingMixin
 
-__all__ = ["Attention", "Block", "DividedBlock", "PatchEncoderModel", "PatchEncoderOutput"]
+__all__ = ["Attention", "Block", "DividedBlock", "PatchEncoderModel", "PatchEncoderOutput", "init_special_parts"]
 
 
 # ------------------------------------------------------------------------------------------------------- outputs
@@ -85,7 +86,7 @@ class Attention(nn.Module):
         self.proj = (ZeroInitLinear if zero_init_proj else nn.Linear)(dim, dim)
 
     def forward(self, x: torch.Tensor, packing: Packing, *, key_bias: torch.Tensor | None = None,
-                impl: str = "block_mask") -> tuple[torch.Tensor, torch.Tensor]:
+                impl: str = "padded") -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``[N, C]`` -> ``(out [N, C], keys [N, heads, head_dim])``."""
         n, c = x.shape
         q, k, v = self.qkv(x).view(n, 3, self.heads, c // self.heads).unbind(1)        # [N, h, d] each
@@ -116,7 +117,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, sizes: torch.Tensor, packing: Packing, *, grid: tuple[int, int, int] | None,
                 merge_r: int = 0, proportional: bool = False, saliency: SaliencyScorer | None = None,
-                impl: str = "block_mask") -> tuple[torch.Tensor, torch.Tensor, Packing]:
+                impl: str = "padded") -> tuple[torch.Tensor, torch.Tensor, Packing]:
         """``x`` ``[N, C]``, ``sizes`` ``[N]`` -> the same after the block, with ``merge_r`` tokens per clip merged
         (VTM when ``saliency`` is given); ``proportional`` adds ``log(size)`` to every key's attention logits."""
         key_bias = sizes.log() if proportional else None                                 # [N]
@@ -144,7 +145,7 @@ class DividedBlock(Block):
 
     def forward(self, x: torch.Tensor, sizes: torch.Tensor, packing: Packing, *, grid: tuple[int, int, int] | None,
                 merge_r: int = 0, proportional: bool = False, saliency: SaliencyScorer | None = None,
-                impl: str = "block_mask") -> tuple[torch.Tensor, torch.Tensor, Packing]:
+                impl: str = "padded") -> tuple[torch.Tensor, torch.Tensor, Packing]:
         if grid is None:  # the config refuses the switches that break the grid up
             raise ValueError("divided attention needs every clip's full tubelet grid")
         n, c = x.shape
@@ -160,6 +161,22 @@ class DividedBlock(Block):
 
 
 # ------------------------------------------------------------------------------------------------------- model
+@torch.no_grad()
+def init_special_parts(module: nn.Module, config: PatchEncoderConfig) -> None:
+    """The encoder's parts whose init is not transformers' default (call it after the default init of ``module``):
+    the run-length embedding and zero-init projections start at zero, the log-mel filterbank (a non-persistent
+    buffer, uninitialized after ``from_pretrained``) is recomputed from ``config``. transformers calls
+    ``_init_weights`` on the modules that hold parameters or buffers themselves, so these are module types of their
+    own. A model that holds encoder embeddings outside a :class:`PatchEncoderModel` (VATT's shared backbone) calls
+    this from its own ``_init_weights``."""
+    if isinstance(module, (RunLengthEmbedding, ZeroInitLinear)):
+        init.zeros_(module.weight)
+        if getattr(module, "bias", None) is not None:
+            init.zeros_(module.bias)
+    if isinstance(module, MelSpectrogram):
+        init.copy_(module.fb, mel_filterbank(config.sample_rate, config.mel_n_fft, config.mel_bins))
+
+
 class PatchEncoderModel(StrictLoadingMixin, PreTrainedModel):
     """A ViViT / TimeSformer-style encoder over video tubelets, audio patches or text ids, with RLT, ToMe / VTM and
     STTS token reduction as config switches (:class:`PatchEncoderConfig`).
@@ -213,22 +230,14 @@ class PatchEncoderModel(StrictLoadingMixin, PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # transformers calls this on the modules that hold parameters or buffers themselves, so the special cases
-        # are module types of their own
         super()._init_weights(module)  # normal(0, initializer_range) linears and embeddings, unit LayerNorms
-        if isinstance(module, (RunLengthEmbedding, ZeroInitLinear)):
-            init.zeros_(module.weight)
-            if getattr(module, "bias", None) is not None:
-                init.zeros_(module.bias)
-        if isinstance(module, MelSpectrogram):  # a non-persistent buffer: uninitialized after from_pretrained
-            cfg = self.config
-            init.copy_(module.fb, mel_filterbank(cfg.sample_rate, cfg.mel_n_fft, cfg.mel_bins))
+        init_special_parts(module, self.config)
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(self, pixel_values: torch.Tensor | None = None, input_values: torch.Tensor | None = None,
                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 return_dict: bool = True) -> PatchEncoderOutput | tuple:
-        """Encode one batch of the configured modality.
+        """Encode one batch of the configured modality: :meth:`embed`, then :meth:`encode_embedded`.
 
         Args:
             pixel_values: ``modality="video"``: float video ``[B, 3, T, H, W]`` in [-1, 1] (``T`` a multiple of
@@ -238,6 +247,16 @@ class PatchEncoderModel(StrictLoadingMixin, PreTrainedModel):
             input_ids: ``modality="text"``: ids ``[B, L]``; ``attention_mask`` ``[B, L]`` (1 = real token), else
                 ``config.pad_token_id`` marks padding.
         """
+        emb = self.embed(pixel_values=pixel_values, input_values=input_values, input_ids=input_ids,
+                         attention_mask=attention_mask)
+        out = self.encode_embedded(emb)
+        return out if return_dict else out.to_tuple()
+
+    def embed(self, pixel_values: torch.Tensor | None = None, input_values: torch.Tensor | None = None,
+              input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> Embedded:
+        """Raw input of the configured modality (arguments as :meth:`forward`) -> packed tokens with positions
+        (RLT drops static tubelets here). Split from :meth:`encode_embedded` so a caller can act on the tokens in
+        between (VATT's DropToken, :mod:`lm.modeling_vatt`)."""
         cfg = self.config
         given = {"pixel_values": pixel_values, "input_values": input_values, "input_ids": input_ids}
         wanted = {"video": "pixel_values", "audio": "input_values", "text": "input_ids"}[cfg.modality]
@@ -249,16 +268,33 @@ class PatchEncoderModel(StrictLoadingMixin, PreTrainedModel):
             raise ValueError(f"attention_mask applies to text only; a {cfg.modality} batch's clips all have one size")
         self._check_switches()
         if cfg.modality == "video":
-            emb = self.embeddings(pixel_values, cfg.rlt_threshold)
-        elif cfg.modality == "audio":
-            emb = self.embeddings(input_values)
-        else:
-            emb = self.embeddings(input_ids, attention_mask)
+            return self.embeddings(pixel_values, cfg.rlt_threshold)
+        if cfg.modality == "audio":
+            return self.embeddings(input_values)
+        return self.embeddings(input_ids, attention_mask)
+
+    def encode_embedded(self, emb: Embedded, *, reduce: bool = True) -> PatchEncoderOutput:
+        """The transformer on packed tokens: STTS before block ``stts_layer``, the blocks (ToMe / VTM inside), the
+        final norm and the size-weighted mean of each clip's tokens.
+
+        Args:
+            emb: tokens from :meth:`embed`, or from another module's embeddings of the same width: VATT's
+                modality-agnostic backbone (:mod:`lm.modeling_vatt`) runs audio and text tokens through a video
+                encoder's blocks.
+            reduce: apply this config's ToMe / VTM and STTS switches; ``False`` runs every token through every block
+                (the shared backbone's audio and text: the switches are the video's).
+        """
+        cfg = self.config
+        self._check_switches()
         x, sizes, packing, grid = emb
-        merging = cfg.tome_r > 0
-        merge_from = cfg.stts_layer if cfg.uses_stts else 0
+        stts = reduce and cfg.uses_stts
+        if stts and grid is None:
+            raise ValueError("STTS selects frames and regions of each clip's full tubelet grid, which these tokens no "
+                             "longer form (dropped by RLT or DropToken, or not video)")
+        merging = reduce and cfg.tome_r > 0
+        merge_from = cfg.stts_layer if stts else 0
         for i, block in enumerate(self.blocks):
-            if cfg.uses_stts and i == cfg.stts_layer:
+            if stts and i == cfg.stts_layer:
                 x, sizes, packing, grid = self._select(Embedded(x, sizes, packing, grid))
             merge_r = cfg.tome_r if merging and i >= merge_from else 0
             x, sizes, packing = block(x, sizes, packing, grid=grid, merge_r=merge_r,
@@ -273,9 +309,8 @@ class PatchEncoderModel(StrictLoadingMixin, PreTrainedModel):
         total = torch.zeros(packing.num_clips, x.shape[1], device=x.device, dtype=x.dtype).index_add_(
             0, seg, x * w[:, None])
         weight = torch.zeros(packing.num_clips, device=x.device, dtype=x.dtype).index_add_(0, seg, w)
-        out = PatchEncoderOutput(last_hidden_state=x, pooler_output=total / weight[:, None], sizes=sizes,
-                                 num_tokens=packing.lengths, cu_seqlens=packing.cu_seqlens)
-        return out if return_dict else out.to_tuple()
+        return PatchEncoderOutput(last_hidden_state=x, pooler_output=total / weight[:, None], sizes=sizes,
+                                  num_tokens=packing.lengths, cu_seqlens=packing.cu_seqlens)
 
     def _check_switches(self) -> None:
         """The runtime switches must be valid together and have the modules they need."""

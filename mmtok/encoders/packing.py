@@ -86,7 +86,7 @@ class Packing(NamedTuple):
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, *,
-                     key_bias: torch.Tensor | None = None, impl: str = "block_mask") -> torch.Tensor:
+                     key_bias: torch.Tensor | None = None, impl: str = "padded") -> torch.Tensor:
     """Softmax attention of packed queries, keys and values ``[N, heads, head_dim]``, each clip attending only to
     itself. Returns ``[N, heads, head_dim]``.
 
@@ -94,8 +94,10 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing:
         packing: the clips' layout in the packed tensors.
         key_bias: optional ``[N]`` added to the logits of every query for that key (ToMe's proportional attention
             passes ``log(size)``).
-        impl: for clips of different lengths, ``"block_mask"`` (one call with a block-diagonal mask) or
-            ``"per_clip"`` (one call per clip). Clips of equal length always run as one batched call, no mask.
+        impl: for clips of different lengths, ``"padded"`` (each clip padded to the longest, one batched call
+            with a key padding mask: cost ``B * max_len^2``), ``"block_mask"`` (one call over all tokens with a
+            block-diagonal mask: ``(sum of lengths)^2``) or ``"per_clip"`` (one call per clip: ``sum of
+            lengths^2``, in B calls). Clips of equal length always run as one batched call, no mask.
     """
     n, h, d = q.shape
     if packing.is_uniform:
@@ -104,6 +106,15 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing:
         mask = None if key_bias is None else key_bias.reshape(b, 1, 1, m).to(q.dtype)     # [B, 1, 1, m]
         out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)                   # [B, h, m, d]
         return out.transpose(1, 2).reshape(n, h, d)
+    if impl == "padded":
+        valid = packing.valid_mask()                                                       # [B, M]
+        qb, kb, vb = (packing.pad(t).transpose(1, 2) for t in (q, k, v))                  # [B, h, M, d]
+        if key_bias is None:
+            mask = valid[:, None, None, :]                                                 # [B, 1, 1, M]
+        else:  # padded keys at -inf; every query still sees its clip's real keys (no empty row)
+            mask = packing.pad(key_bias.to(q.dtype), float("-inf"))[:, None, None, :]
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)                   # [B, h, M, d]
+        return out.transpose(1, 2)[valid]                                                  # [N, h, d]
     if impl == "per_clip":
         outs = []
         bias = key_bias.split(packing.counts) if key_bias is not None else [None] * packing.num_clips
@@ -113,7 +124,7 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing:
                                                        attn_mask=mask).transpose(0, 1))     # [n_i, h, d]
         return torch.cat(outs)
     if impl != "block_mask":
-        raise ValueError(f"impl must be 'block_mask' or 'per_clip', got {impl!r}")
+        raise ValueError(f"impl must be 'padded', 'block_mask' or 'per_clip', got {impl!r}")
     allowed = packing.block_diagonal_mask()                                                # [N, N]
     if key_bias is None:
         mask = allowed

@@ -34,7 +34,7 @@ def test_layout_helpers():
     assert packing.block_diagonal_mask().long().sum().item() == 9 + 1 + 4
 
 
-@pytest.mark.parametrize("impl", ["block_mask", "per_clip"])
+@pytest.mark.parametrize("impl", ["padded", "block_mask", "per_clip"])
 @pytest.mark.parametrize("counts", [(5, 2, 7), (4, 4)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_packed_attention_equals_attention_per_clip(impl, counts, with_bias):
@@ -46,7 +46,7 @@ def test_packed_attention_equals_attention_per_clip(impl, counts, with_bias):
     torch.testing.assert_close(out, _reference(q, k, v, counts, bias), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["block_mask", "per_clip"])
+@pytest.mark.parametrize("impl", ["padded", "block_mask", "per_clip"])
 def test_attention_never_crosses_clips(impl):
     counts = (6, 3)
     q, k, v = (torch.randn(9, 2, 8) for _ in range(3))

@@ -73,7 +73,7 @@ def test_threshold_zero_and_a_fresh_run_length_embedding_change_nothing():
     torch.testing.assert_close(b.last_hidden_state, a.last_hidden_state, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["block_mask", "per_clip"])
+@pytest.mark.parametrize("impl", ["padded", "block_mask", "per_clip"])
 @pytest.mark.parametrize("tome_r", [0, 3])
 def test_packed_clips_never_see_each_other(impl, tome_r):
     model = _encoder(rlt_threshold=0.05, packed_attention=impl, tome_r=tome_r)
