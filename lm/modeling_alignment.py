@@ -17,8 +17,10 @@ The alignment code by job:
 * :mod:`lm.configuration_alignment`: :class:`~lm.configuration_alignment.AlignmentConfig`, the knobs (pooling,
   ``va_dim``, ``vt_dim``, ``droptoken``, temperature).
 * this module: :func:`extract_segments` (a modality's tokens of each row, in order, from the vocabulary id ranges),
-  :func:`drop_tokens` (DropToken), :func:`masked_pool`; then :class:`AlignmentHead`: ``encode`` (codes -> unit
-  embeddings), ``forward`` (a training batch -> the loss), ``similarity``.
+  :func:`drop_tokens` (DropToken), :func:`masked_pool`; :class:`ContrastiveProjections` (projections, temperature,
+  ``contrastive_loss``; shared with :class:`lm.modeling_vatt.VATTModel`, VATT's own towers); then
+  :class:`AlignmentHead`: ``encode`` (codes -> unit embeddings), ``forward`` (a training batch -> the loss),
+  ``similarity``.
 * :mod:`lm.alignment_losses`: MIL-NCE / NCE and the gathering over processes (negatives span all ranks).
 * :mod:`lm.zero_shot`: zero-shot retrieval and classification with a trained head.
 * :class:`lm.modeling_mmlm.MMLMForCausalLM` carries the head as ``model.alignment`` and calls it on its own backbone:
@@ -55,7 +57,8 @@ from torch import nn
 from lm.alignment_losses import clip_keys, first_occurrence, gather_across_processes, mil_nce_loss, nce_loss
 from lm.configuration_alignment import MODALITIES, AlignmentConfig
 
-__all__ = ["AlignmentHead", "AlignmentOutput", "drop_tokens", "extract_segments", "masked_pool"]
+__all__ = ["AlignmentHead", "AlignmentOutput", "ContrastiveProjections", "drop_tokens", "extract_segments",
+           "masked_pool"]
 
 
 # ---------------------------------------------------------------------------------------------- token helpers
@@ -200,13 +203,132 @@ class AlignmentOutput:
     temperature: float = float("nan")
 
 
-class AlignmentHead(nn.Module):
-    """Pools, projections and temperature of VATT's hierarchical common spaces, over an LM backbone's hidden states.
+class ContrastiveProjections(nn.Module):
+    """The projections, temperature and losses of VATT's hierarchical common spaces, on pooled embeddings.
 
     ``video -> va`` and ``audio -> va`` are linear, ``text -> vt`` linear, and ``va video -> vt`` a two-layer MLP
     (VATT Sec. 3.2 projects the video-audio video embedding on into the video-text space); every output is L2
-    normalised. The backbone is passed to :meth:`encode` / :meth:`forward`, never stored, so the head nests in the
-    LM without a cycle.
+    normalised. Two users, one implementation: :class:`AlignmentHead` (the LM's head, every modality pooled from the
+    LM backbone, so all widths are ``hidden_size``) and :class:`lm.modeling_vatt.VATTModel` (three towers, each of
+    its own width).
+
+    Args:
+        video_dim, audio_dim, text_dim: widths of the pooled embeddings fed to each projection.
+        config: :class:`AlignmentConfig` (or a dict of its fields); ``va_dim``, ``vt_dim``, the temperature settings
+            and the loss weights are read here.
+    """
+
+    def __init__(self, video_dim: int, audio_dim: int, text_dim: int,
+                 config: AlignmentConfig | Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config = AlignmentConfig.from_value(config)
+        c = self.config
+        self.video_to_va = nn.Linear(video_dim, c.va_dim)
+        self.audio_to_va = nn.Linear(audio_dim, c.va_dim)
+        self.text_to_vt = nn.Linear(text_dim, c.vt_dim)
+        self.va_to_vt = nn.Sequential(nn.Linear(c.va_dim, c.va_dim), nn.ReLU(), nn.Linear(c.va_dim, c.vt_dim))
+        log_scale = torch.tensor(math.log(1.0 / c.temperature))
+        if c.learn_temperature:
+            self.log_logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale)
+
+    def _init_weights(self, std: float | None = 0.02) -> None:
+        """Re-draw the parameters: linear weights N(0, std), zero biases, ``log(1 / tau)`` from the config.
+
+        ``std=None`` draws each linear layer's weights with std ``1 / sqrt(fan_in)``, so every projection's output has
+        its input's scale (CLIP, arXiv 2103.00020, initializes its projections so). With a small fixed std the
+        two-layer ``va -> vt`` MLP's output is ~1e-3 of its input, and the L2 normalization after it multiplies the
+        gradient of its last bias by ~1e3: a fresh VATT's video-text embeddings collapsed onto that bias in the first
+        steps. Uses ``transformers.initialization`` so weights loaded from a checkpoint are left alone; the owning
+        model's ``_init_weights`` calls it for this module (its temperature is a bare parameter).
+        """
+        from transformers import initialization as init
+
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                init.normal_(module.weight, mean=0.0, std=module.in_features ** -0.5 if std is None else std)
+                init.zeros_(module.bias)
+        init.constant_(self.log_logit_scale, math.log(1.0 / self.config.temperature))
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """``1 / temperature``, clamped to ``max_logit_scale``."""
+        return self.log_logit_scale.clamp(max=math.log(self.config.max_logit_scale)).exp()
+
+    @property
+    def temperature(self) -> float:
+        return float(1.0 / self.logit_scale.detach())
+
+    def project(self, modality: str, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pooled ``[B, H]`` -> unit embeddings: video ``{"va", "vt"}``, audio ``{"va"}``, text ``{"vt"}``."""
+        if modality == "video":
+            va = self.video_to_va(pooled)  # [B, va_dim]
+            return {"va": F.normalize(va, dim=-1), "vt": F.normalize(self.va_to_vt(va), dim=-1)}  # [B, vt_dim]
+        if modality == "audio":
+            return {"va": F.normalize(self.audio_to_va(pooled), dim=-1)}  # [B, va_dim]
+        if modality == "text":
+            return {"vt": F.normalize(self.text_to_vt(pooled), dim=-1)}  # [B, vt_dim]
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+
+    @staticmethod
+    def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of every row of ``a [N, D]`` with every row of ``b [M, D]`` -> ``[N, M]``."""
+        if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+            raise ValueError(f"similarity needs [N, D] and [M, D] embeddings of one space, got {tuple(a.shape)} and "
+                             f"{tuple(b.shape)} (video-audio and video-text spaces have different widths)")
+        return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T  # [N, M]
+
+    def contrastive_loss(self, video_va: torch.Tensor, audio_va: torch.Tensor, va_keys: torch.Tensor,
+                         video_vt: torch.Tensor, video_keys: torch.Tensor, text_vt: torch.Tensor,
+                         text_keys: torch.Tensor) -> AlignmentOutput:
+        """VATT's loss over the global batch: NCE of video-audio pairs plus MIL-NCE of videos against captions.
+
+        Every argument may have zero rows (that loss is then left out), but every process must call this, with the
+        same tensors present: the embeddings are gathered across processes first, so each rank returns the loss of
+        the global batch (:func:`~lm.alignment_losses.gather_across_processes`).
+
+        Args:
+            video_va, audio_va: ``[P, va_dim]`` the two sides of P video-audio pairs; ``va_keys`` ``[P]`` their clip
+                (:func:`~lm.alignment_losses.clip_keys`): a clip seen on several rows (or ranks) counts once.
+            video_vt: ``[V, vt_dim]`` videos with clip keys ``video_keys`` ``[V]`` (repeats count once).
+            text_vt: ``[M, vt_dim]`` captions with the keys of the clips they describe, ``text_keys`` ``[M]``: the
+                MIL-NCE positives of a video are all the captions with its key (VATT, arXiv 2104.11178, Sec. 3.3);
+                videos without any caption are left out of that loss.
+
+        Returns:
+            :class:`AlignmentOutput`: ``va_weight * loss_va + vt_weight * loss_vt``, each part and its counts. With
+            no pair at all the loss is a zero that still depends on every input and the temperature (so each rank
+            uses the same parameters, as DDP expects).
+        """
+        v_va, a_va, k_va, v_vt, k_v, t_vt, k_t = gather_across_processes(
+            video_va, audio_va, va_keys, video_vt, video_keys, text_vt, text_keys)
+        scale = self.logit_scale
+        c = self.config
+        out = AlignmentOutput(loss=torch.zeros((), device=scale.device), temperature=float(1.0 / scale.detach()))
+        total = 0.0 * (v_va.sum() + a_va.sum() + v_vt.sum() + t_vt.sum() + scale)  # keeps every parameter in the graph
+        if k_va.numel():
+            first = first_occurrence(k_va)
+            out.loss_va = nce_loss(v_va[first], a_va[first], scale)
+            out.num_va = int(first.sum())
+            total = total + c.va_weight * out.loss_va
+        captioned = first_occurrence(k_v) & (k_v[:, None] == k_t[None, :]).any(dim=1)  # [V]
+        if bool(captioned.any()):
+            videos, keys = v_vt[captioned], k_v[captioned]
+            positives = keys[:, None] == k_t[None, :]  # [clips, captions]
+            out.loss_vt = mil_nce_loss(videos, t_vt, positives, scale)
+            out.num_vt_clips, out.num_vt_captions = int(captioned.sum()), int(k_t.numel())
+            total = total + c.vt_weight * out.loss_vt
+        out.loss = total
+        return out
+
+
+class AlignmentHead(ContrastiveProjections):
+    """Pools, projections and temperature of VATT's hierarchical common spaces, over an LM backbone's hidden states.
+
+    The projections, temperature and losses are :class:`ContrastiveProjections`'; this adds the per-modality pools
+    and runs each modality through the LM backbone on its own. The backbone is passed to :meth:`encode` /
+    :meth:`forward`, never stored, so the head nests in the LM without a cycle.
 
     Args:
         hidden_size: the backbone's width.
@@ -219,24 +341,13 @@ class AlignmentHead(nn.Module):
     def __init__(self, hidden_size: int, config: AlignmentConfig | Mapping[str, Any] | None = None, *,
                  modality_ranges: Mapping[str, Any] | None = None, bos_token_id: int | None = None,
                  pad_token_id: int | None = 0) -> None:
-        super().__init__()
-        self.config = AlignmentConfig.from_value(config)
-        c = self.config
+        super().__init__(hidden_size, hidden_size, hidden_size, config)
         self.hidden_size = int(hidden_size)
         self.modality_ranges = {k: _as_range(v, k) for k, v in (modality_ranges or {}).items()}
         self.bos_token_id = bos_token_id
         self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
-        self.video_to_va = nn.Linear(hidden_size, c.va_dim)
-        self.audio_to_va = nn.Linear(hidden_size, c.va_dim)
-        self.text_to_vt = nn.Linear(hidden_size, c.vt_dim)
-        self.va_to_vt = nn.Sequential(nn.Linear(c.va_dim, c.va_dim), nn.ReLU(), nn.Linear(c.va_dim, c.vt_dim))
-        if c.pooling == "attention":
+        if self.config.pooling == "attention":
             self.attention_pool = nn.ModuleDict({m: nn.Linear(hidden_size, 1) for m in MODALITIES})
-        log_scale = torch.tensor(math.log(1.0 / c.temperature))
-        if c.learn_temperature:
-            self.log_logit_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_logit_scale", log_scale)
 
     @classmethod
     def from_model_config(cls, model_config: Any) -> "AlignmentHead":
@@ -245,30 +356,7 @@ class AlignmentHead(nn.Module):
                    modality_ranges=model_config.modality_ranges, bos_token_id=model_config.bos_token_id,
                    pad_token_id=model_config.pad_token_id)
 
-    def _init_weights(self, std: float = 0.02) -> None:
-        """Re-draw the parameters: linear weights N(0, std), zero biases, ``log(1 / tau)`` from the config.
-
-        Uses ``transformers.initialization`` so weights loaded from a checkpoint are left alone; the LM's
-        ``_init_weights`` calls it for this module.
-        """
-        from transformers import initialization as init
-
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                init.normal_(module.weight, mean=0.0, std=std)
-                init.zeros_(module.bias)
-        init.constant_(self.log_logit_scale, math.log(1.0 / self.config.temperature))
-
     # -------------------------------------------------------------------------------------------- pieces
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        """``1 / temperature``, clamped to ``max_logit_scale``."""
-        return self.log_logit_scale.clamp(max=math.log(self.config.max_logit_scale)).exp()
-
-    @property
-    def temperature(self) -> float:
-        return float(1.0 / self.logit_scale.detach())
-
     def id_range(self, modality: str) -> tuple[int, int]:
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -294,25 +382,6 @@ class AlignmentHead(nn.Module):
         if self.config.pooling == "attention":
             scores = self.attention_pool[modality](hidden).squeeze(-1)  # [B, L]
         return masked_pool(hidden, mask, scores, what=modality)
-
-    def project(self, modality: str, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pooled ``[B, H]`` -> unit embeddings: video ``{"va", "vt"}``, audio ``{"va"}``, text ``{"vt"}``."""
-        if modality == "video":
-            va = self.video_to_va(pooled)  # [B, va_dim]
-            return {"va": F.normalize(va, dim=-1), "vt": F.normalize(self.va_to_vt(va), dim=-1)}  # [B, vt_dim]
-        if modality == "audio":
-            return {"va": F.normalize(self.audio_to_va(pooled), dim=-1)}  # [B, va_dim]
-        if modality == "text":
-            return {"vt": F.normalize(self.text_to_vt(pooled), dim=-1)}  # [B, vt_dim]
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
-
-    @staticmethod
-    def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of every row of ``a [N, D]`` with every row of ``b [M, D]`` -> ``[N, M]``."""
-        if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
-            raise ValueError(f"similarity needs [N, D] and [M, D] embeddings of one space, got {tuple(a.shape)} and "
-                             f"{tuple(b.shape)} (video-audio and video-text spaces have different widths)")
-        return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T  # [N, M]
 
     def modality_sequences(self, modality: str, ids: torch.Tensor, mask: torch.Tensor,
                            positions: torch.Tensor | None = None
@@ -464,24 +533,5 @@ class AlignmentHead(nn.Module):
         in_vt = vt_rows[video_rows]
 
         # one row per pair: video-audio rows, and video-text rows (a video-text row's video and caption share a key)
-        v_va, a_va, k_va, v_vt, t_vt, k_t = gather_across_processes(
-            video["va"][in_va], audio["va"], keys[va_rows], video["vt"][in_vt], text["vt"], keys[vt_rows])
-        k_v = k_t
-        scale = self.logit_scale
-        c = self.config
-        out = AlignmentOutput(loss=torch.zeros((), device=device), temperature=float(1.0 / scale.detach()))
-        total = 0.0 * (v_va.sum() + a_va.sum() + v_vt.sum() + t_vt.sum() + scale)  # keeps every parameter in the graph
-        if k_va.numel():
-            first = first_occurrence(k_va)
-            out.loss_va = nce_loss(v_va[first], a_va[first], scale)
-            out.num_va = int(first.sum())
-            total = total + c.va_weight * out.loss_va
-        if k_v.numel():
-            first = first_occurrence(k_v)
-            videos, video_keys = v_vt[first], k_v[first]
-            positives = video_keys[:, None] == k_t[None, :]  # [clips, captions]
-            out.loss_vt = mil_nce_loss(videos, t_vt, positives, scale)
-            out.num_vt_clips, out.num_vt_captions = int(first.sum()), int(k_t.numel())
-            total = total + c.vt_weight * out.loss_vt
-        out.loss = total
-        return out
+        return self.contrastive_loss(video["va"][in_va], audio["va"], keys[va_rows],
+                                     video["vt"][in_vt], keys[vt_rows], text["vt"], keys[vt_rows])

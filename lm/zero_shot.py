@@ -19,7 +19,7 @@ from torch import nn
 
 from lm.modeling_alignment import AlignmentHead
 
-__all__ = ["zero_shot_classification", "zero_shot_retrieval"]
+__all__ = ["eval_mode", "zero_shot_classification", "zero_shot_retrieval"]
 
 
 def _backbone(model: nn.Module) -> nn.Module:
@@ -52,7 +52,7 @@ def _pad_rows(rows: Sequence[Sequence[int]] | torch.Tensor, pad_id: int) -> torc
 
 
 @contextlib.contextmanager
-def _eval_mode(*modules: nn.Module) -> Iterator[None]:
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
     """Put ``modules`` in eval mode for the block and restore each one's own training flag afterwards."""
     flags = [m.training for m in modules]
     for m in modules:
@@ -92,7 +92,7 @@ def zero_shot_retrieval(model: nn.Module, video_ids: Any, *, audio_ids: Any = No
     from mmtok.metrics import retrieval_metrics
 
     head, backbone = _head(model, head), _backbone(model)
-    with _eval_mode(model, head):
+    with eval_mode(model, head):
         video_ids = torch.as_tensor(video_ids)  # [N, ...]: encode flattens each batch
         n = video_ids.shape[0]
         out: dict[str, float] = {}
@@ -141,7 +141,7 @@ def zero_shot_classification(model: nn.Module, video_ids: Any, labels: Sequence[
         ``{"accuracy", "chance" (1 / classes), "predictions" [N] tensor}``.
     """
     head, backbone = _head(model, head), _backbone(model)
-    with _eval_mode(model, head):
+    with eval_mode(model, head):
         video_ids = torch.as_tensor(video_ids)  # [N, ...]: encode flattens each batch
         labels = torch.as_tensor(labels).long().flatten()
         if labels.shape[0] != video_ids.shape[0]:

@@ -5,17 +5,18 @@ The public API::
     from mmtok import VideoTokenizer, AudioTokenizer, TextTokenizer, UnifiedVocabulary, MultimodalTokenizer
     from mmtok.quantizers import FSQ, LFQ, VectorQuantizer, ResidualVQ
 
-Importing :mod:`mmtok` registers the video and audio tokenizers with ``transformers``' ``AutoConfig`` /
-``AutoModel`` (``model_type`` ``"mmtok_video"`` and ``"mmtok_audio"``), so ``AutoModel.from_pretrained(dir)`` loads
-a saved tokenizer.
+Importing :mod:`mmtok` registers the video and audio tokenizers and the continuous patch encoder
+(:mod:`mmtok.encoders`) with ``transformers``' ``AutoConfig`` / ``AutoModel`` (``model_type`` ``"mmtok_video"``,
+``"mmtok_audio"`` and ``"mmtok_patch_encoder"``), so ``AutoModel.from_pretrained(dir)`` loads a saved one.
 """
 
 from mmtok.interface import CodeSpec, ModalityTokenizer, code_spec
 
 __version__ = "0.1.0"
 
-# Registration happens on import of the two packages (below the interface: they import it).
+# Registration happens on import of these packages (below the interface: they import it).
 from mmtok import audio as _audio  # noqa: E402,F401
+from mmtok import encoders as _encoders  # noqa: E402,F401
 from mmtok import video as _video  # noqa: E402,F401
 from mmtok.audio import AudioTokenizer  # noqa: E402
 from mmtok.multimodal import MultimodalTokenizer  # noqa: E402

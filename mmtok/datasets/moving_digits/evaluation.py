@@ -20,6 +20,8 @@ strings them together, generates with :class:`lm.generation.MultimodalGenerator`
   baselines: blank (background) frames, and another clip's audio.
 * :func:`digit_labels` and :func:`digit_prompts` - the clip labels and class prompts of zero-shot digit
   classification (``lm.evaluation.alignment_metrics`` scores them with a model's alignment head).
+* :func:`probe_labels` and :data:`PROBE_LABELS` - the classes linear probes on clip embeddings predict (digit,
+  colour, direction from the video; pitch from the audio), for ``lm.vatt_evaluation``.
 
 A :class:`~mmtok.metrics.Metric` carries ``value``, ``baseline`` (with ``baseline_name``), ``higher_is_better``, ``n``
 (samples) and ``reference`` (the same probe applied to the ground truth: the ceiling the probe itself allows), so a
@@ -38,14 +40,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mmtok.datasets.moving_digits.corpus import COLORS, DIGIT_WORDS, DIRECTIONS, load_ground_truth
+from mmtok.datasets.moving_digits.corpus import COLORS, DIGIT_WORDS, DIRECTIONS, TONE_HZ, load_ground_truth
 from mmtok.datasets.moving_digits.probes import MovingDigitsProbe, centroid_track, click_f1
 from mmtok.frames import from_uint8, to_uint8
 from mmtok.metrics import Metric, mean_interval, psnr, si_snr, ssim, wilson_interval
 
 __all__ = ["LabeledClip", "corpus_settings", "load_clips", "make_probe", "score_t2v", "score_v2a",
            "score_continuation", "copy_last_frame", "trajectory_error", "tokenizer_reconstruction", "digit_labels",
-           "digit_prompts"]
+           "digit_prompts", "PROBE_LABELS", "probe_labels"]
 
 
 # ------------------------------------------------------------------------------------------------------ clips
@@ -334,3 +336,25 @@ def digit_prompts(template: str = "a video of the digit {}", names: Sequence[str
     if "{}" not in template:
         raise ValueError(f"the prompt template needs a '{{}}' for the class name, got {template!r}")
     return [template.format(n) for n in names]
+
+
+# --------------------------------------------------------------------------------------------- linear probes
+# What a linear probe on clip embeddings predicts, and from which modality's embedding: the glyph's digit, colour and
+# initial direction are in the frames, the tone's pitch in the soundtrack (the pitch names the digit, so its classes
+# are the digit's, read from the other modality).
+PROBE_LABELS = {"digit": "video", "color": "video", "direction": "video", "pitch": "audio"}
+
+
+def probe_labels(corpus_dir: str | Path) -> dict[str, dict[str, int]]:
+    """``{label: {clip id: class}}`` of every clip of a generated corpus, for each label of :data:`PROBE_LABELS`:
+    ``digit`` (0-9), ``color`` (index in :data:`COLORS`), ``direction`` (index in :data:`DIRECTIONS`, the initial
+    motion the captions name) and ``pitch`` (index of the tone in :data:`TONE_HZ`)."""
+    colors, directions = list(COLORS), list(DIRECTIONS)
+    tones = [round(float(hz), 3) for hz in TONE_HZ]
+    out: dict[str, dict[str, int]] = {name: {} for name in PROBE_LABELS}
+    for cid, r in load_ground_truth(corpus_dir).items():
+        out["digit"][cid] = int(r["digit"])
+        out["color"][cid] = colors.index(r["color"])
+        out["direction"][cid] = directions.index(r["direction"])
+        out["pitch"][cid] = tones.index(round(float(r["tone_hz"]), 3))
+    return out

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from mmtok.datasets.moving_digits.corpus import generate_corpus, load_ground_truth
+from mmtok.datasets.moving_digits.corpus import COLORS, DIRECTIONS, TONE_HZ, generate_corpus, load_ground_truth
 from mmtok.datasets.moving_digits.evaluation import (
-    copy_last_frame, digit_labels, digit_prompts, load_clips, make_probe, score_continuation, score_t2v, score_v2a,
-    tokenizer_reconstruction, trajectory_error,
+    PROBE_LABELS, copy_last_frame, digit_labels, digit_prompts, load_clips, make_probe, probe_labels,
+    score_continuation, score_t2v, score_v2a, tokenizer_reconstruction, trajectory_error,
 )
 from mmtok.datasets.moving_digits.probes import centroid_track
 from mmtok.frames import from_uint8
@@ -170,3 +170,14 @@ def test_digit_labels_and_prompts(corpus):
     assert digit_prompts("{}!", ["a", "b"]) == ["a!", "b!"]
     with pytest.raises(ValueError):
         digit_prompts("no slot")
+
+
+def test_probe_labels_are_class_indices_of_every_clip(corpus):
+    labels = probe_labels(corpus)
+    truth = load_ground_truth(corpus)
+    assert set(labels) == set(PROBE_LABELS) == {"digit", "color", "direction", "pitch"}
+    assert PROBE_LABELS["pitch"] == "audio" and PROBE_LABELS["direction"] == "video"
+    for cid, r in truth.items():
+        assert labels["digit"][cid] == r["digit"] and list(COLORS)[labels["color"][cid]] == r["color"]
+        assert list(DIRECTIONS)[labels["direction"][cid]] == r["direction"]
+        assert TONE_HZ[labels["pitch"][cid]] == r["tone_hz"] and labels["pitch"][cid] == r["digit"]
