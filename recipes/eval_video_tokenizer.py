@@ -4,15 +4,22 @@ encode/decode throughput, and side-by-side originals / reconstructions.
     python recipes/eval_video_tokenizer.py model=outputs/demo/video_tokenizer/export \\
         data.source=outputs/demo/corpus/manifest.jsonl data.split=test out=outputs/demo/video_tokenizer/eval
 
+    python recipes/eval_video_tokenizer.py model=outputs/real64/video_tokenizer/export \
+        data.source=outputs/real_media/video.jsonl data.split=validation out=outputs/real64/eval
+    python recipes/eval_video_tokenizer.py model=... data.source=my/clips data.split=null out=...   # a folder
+
 Writes ``<out>/metrics.json`` and ``<out>/side_by_side.gif`` + ``.mp4`` (originals above, reconstructions below).
-Clips are the first ``max_clips`` readable records of the split, each its first ``num_frames`` frames at ``fps``,
+``data.source`` is a manifest (``data.split`` picks the split; the real-media ``video.jsonl`` splits by source) or
+a folder of videos and images (no split). Clips are up to ``max_clips`` readable records, taken in turn from each
+source of the split (:func:`mmtok.data.ingest.interleave_sources`), each its first ``num_frames`` frames at ``fps``,
 shorter side resized to ``size`` and centre-cropped; unreadable files are skipped and counted.
 
 Metrics: PSNR (dB, of each clip's uint8 frames, capped at 100; mean over clips) and SSIM (Gaussian 11x11 window,
 sigma 1.5, per frame and RGB channel, averaged), both :mod:`mmtok.metrics`; codebook utilization (distinct codes used
-over the whole eval set / codebook size) and code perplexity, bits per pixel ``= T'H'W' log2(K) / (T H W)``,
-compression ratio ``= 24 bits per RGB pixel / bpp``, encode and decode clips/s and frames/s (batch ``batch_size``,
-after one warm-up batch).
+over the whole eval set / codebook size) and code perplexity, bits per clip ``= T'H'W' log2(K)``, bits per pixel
+``= bits per clip / (T H W)``, compression ratio ``= 24 bits per RGB pixel / bpp``, encode and decode clips/s and
+frames/s (batch ``batch_size``, after one warm-up batch); and PSNR and SSIM per source (``per_source``) when the
+manifest names its records' sources.
 """
 
 from __future__ import annotations
@@ -25,17 +32,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmtok.data.media import MediaError, write_video
+from mmtok.data.ingest import ClipRecord
+from mmtok.data.media import write_video
 from mmtok.frames import to_uint8
 from mmtok.io import atomic_write, progress_enabled
 from mmtok.metrics import psnr, ssim
 from mmtok.video import VideoTokenizer
 from recipes.common import build_arg_parser, load_config
-from mmtok.data.video_clips import RandomClips, VideoClipConfig, find_records, write_comparison_gif
+from mmtok.data.video_clips import VideoClipConfig, find_records, fixed_clips, write_comparison_gif
 
 
 @dataclass
@@ -58,26 +65,19 @@ class EvalConfig:
     num_threads: Optional[int] = None
 
 
-def load_eval_clips(cfg: EvalConfig) -> tuple[torch.Tensor, list[dict[str, str]]]:
+def load_eval_clips(cfg: EvalConfig) -> tuple[torch.Tensor, list[dict[str, str]], list[ClipRecord]]:
+    """The evaluation clips (uint8 ``[N, T, H, W, 3]``), the unreadable records skipped, and the records of the
+    clips, in order."""
     data_cfg = VideoClipConfig(source=cfg.data.source, split=cfg.data.split, num_frames=cfg.data.num_frames,
                                fps=cfg.data.fps, size=cfg.data.size)
-    data = RandomClips(find_records(data_cfg), data_cfg, seed=0)
-    clips, bad = [], []
-    for i in range(len(data)):
-        if len(clips) == cfg.max_clips:
-            break
-        try:
-            clips.append(data.load(i, None))
-        except MediaError as e:
-            bad.append({"id": data.records[i].id, "file": str(e.path), "reason": e.reason})
-    if not clips:
-        raise ValueError(f"no readable clips in {cfg.data.source} (split {cfg.data.split!r}); {len(bad)} bad files")
-    return torch.from_numpy(np.stack(clips)), bad
+    clips, records, bad = fixed_clips(find_records(data_cfg), data_cfg, cfg.max_clips)
+    return clips, bad, records
 
 
 @torch.no_grad()
 def evaluate(model: VideoTokenizer, clips: torch.Tensor, batch_size: int) -> dict[str, Any]:
-    """Metrics of ``model`` on uint8 clips ``[N, T, H, W, 3]``; also returns the reconstructions."""
+    """Metrics of ``model`` on uint8 clips ``[N, T, H, W, 3]``; also returns the reconstructions and each clip's PSNR
+    and SSIM (``_reconstructions``, ``_clip_psnr``, ``_clip_ssim``: tensors, popped before the metrics are saved)."""
     model.eval()
     n, t, h, w, _ = clips.shape
     codes, recons = [], []
@@ -102,7 +102,8 @@ def evaluate(model: VideoTokenizer, clips: torch.Tensor, batch_size: int) -> dic
     probs = counts / counts.sum()
     entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
     tl, hl, wl = codes_all.shape[1:]
-    bpp = tl * hl * wl * math.log2(model.codebook_size) / (t * h * w)
+    bits_per_clip = tl * hl * wl * math.log2(model.codebook_size)
+    bpp = bits_per_clip / (t * h * w)
     clip_psnr = psnr(recon, clips, (0.0, 255.0), per_item=True, max_db=100.0)                # [N]
     clip_ssim = ssim(recon.movedim(-1, -3), clips.movedim(-1, -3), (0.0, 255.0), per_item=True)  # [N]
     return {
@@ -112,11 +113,21 @@ def evaluate(model: VideoTokenizer, clips: torch.Tensor, batch_size: int) -> dic
         "ssim": float(clip_ssim.mean()),
         "codebook_utilization": float((counts > 0).double().mean()),
         "code_perplexity": float(entropy.exp()),
-        "bits_per_pixel": bpp, "compression_ratio": 24.0 / bpp,
+        "bits_per_clip": bits_per_clip, "bits_per_pixel": bpp, "compression_ratio": 24.0 / bpp,
         "encode_clips_per_s": n / enc_time, "encode_frames_per_s": n * t / enc_time,
         "decode_clips_per_s": n / dec_time, "decode_frames_per_s": n * t / dec_time,
-        "_reconstructions": recon,
+        "_reconstructions": recon, "_clip_psnr": clip_psnr, "_clip_ssim": clip_ssim,
     }
+
+
+def per_source(records: list[ClipRecord], clip_psnr: torch.Tensor, clip_ssim: torch.Tensor) -> dict[str, dict]:
+    """Mean PSNR and SSIM of each source's clips (the manifest's ``source`` field; empty when no record has one)."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        if "source" in r.meta:
+            groups.setdefault(str(r.meta["source"]), []).append(i)
+    return {name: {"clips": len(idx), "psnr": float(clip_psnr[idx].mean()), "ssim": float(clip_ssim[idx].mean())}
+            for name, idx in sorted(groups.items())}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -127,11 +138,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not (Path(cfg.model) / "config.json").is_file():
         raise FileNotFoundError(f"no tokenizer at {cfg.model} (expected a save_pretrained folder with config.json)")
     model = VideoTokenizer.from_pretrained(cfg.model).eval()
-    clips, bad = load_eval_clips(cfg)
+    clips, bad, records = load_eval_clips(cfg)
     metrics = evaluate(model, clips, cfg.batch_size)
     recon = metrics.pop("_reconstructions")
+    sources = per_source(records, metrics.pop("_clip_psnr"), metrics.pop("_clip_ssim"))
     metrics.update(model=str(cfg.model), source=cfg.data.source, split=cfg.data.split, bad_files=bad,
-                   torch_threads=torch.get_num_threads())
+                   torch_threads=torch.get_num_threads(), clip_ids=[r.id for r in records],
+                   **({"per_source": sources} if sources else {}))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     k = min(cfg.num_side_by_side, len(clips))

@@ -18,7 +18,15 @@ shorter side resized to ``data.resize`` and randomly cropped to ``data.size``; a
 Unreadable files are skipped, counted (``data/bad_files`` in the logs) and listed in ``<run>/bad_files.json``.
 With ``data.image_batch_size > 0`` training is joint image-video as MAGVIT-v2's: every ``data.image_every``-th step
 is a batch of single frames from as many different clips (the causal encoder treats them as images), which shows the
-model many more different scenes per unit of compute than full clips do.
+model many more different scenes per unit of compute than full clips do. Augmentation (``data.crop_scale``,
+``data.flip``, ``data.brightness`` / ``contrast`` / ``saturation`` / ``hue``, ``data.frame_steps``; all off by
+default, on in the ``real*`` configs) is described in :class:`mmtok.data.video_clips.VideoClipConfig`.
+
+Held-out scores: every ``train.eval_every`` steps the model (the EMA weights when kept) reconstructs
+``train.eval_clips`` fixed clips of the held-out split ``data.sample_split`` (``val/psnr``; the real-media
+manifests split by source, so these are footage the model never saw) and as many fixed clips of the training split
+(``train_eval/psnr``), all centre crops spread over their sources, never augmented: the gap between the two is
+overfitting, visible while it happens.
 
 The batch of step ``s`` depends only on ``(train.seed, s)`` and the model has no randomness, so ``--resume`` continues
 exactly (on CPU, a resumed run's losses equal an uninterrupted run's). The run folder holds ``config.yaml``,
@@ -35,15 +43,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm import tqdm
 
-from mmtok.data.ingest import load_records
-from mmtok.data.media import MediaError
-from mmtok.data.video_clips import RandomClips, VideoClipConfig, find_records, write_comparison_gif
+from mmtok.data.ingest import ClipRecord, load_records
+from mmtok.data.video_clips import RandomClips, VideoClipConfig, find_records, fixed_clips, write_comparison_gif
 from mmtok.frames import to_uint8
 from mmtok.io import progress_enabled
 from mmtok.metrics import psnr
@@ -100,6 +106,8 @@ class TrainConfig:
     mixed_precision: str = "no"              # no | bf16 | fp16 (accelerate)
     num_threads: Optional[int] = None        # torch threads (None: torch's default)
     log_every: int = 10
+    eval_every: int = 0                      # held-out (val/) and training-split (train_eval/) PSNR; 0: never
+    eval_clips: int = 16                     # fixed clips of each split scored at eval_every
     save_every: int = 200
     sample_every: int = 200
     keep_checkpoints: int = 2
@@ -119,27 +127,27 @@ class TrainVideoTokenizerConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def sample_clips(cfg: VideoClipConfig, train: RandomClips) -> torch.Tensor:
-    """The fixed clips shown in ``samples/`` (first readable records of ``sample_split``, else of training)."""
-    source = train
-    if cfg.sample_split and Path(cfg.source).is_file():
-        try:
-            records = load_records(cfg.source, split=cfg.sample_split)
-            if any(r.video is not None for r in records):
-                source = RandomClips(records, cfg, seed=0)
-        except ValueError:
-            pass
-    clips = []
-    for i in range(len(source)):
-        if len(clips) == cfg.num_samples:
-            break
-        try:
-            clips.append(source.load(i, None))
-        except MediaError:
-            continue
-    if not clips:
-        raise ValueError(f"no readable clip for samples in {cfg.source}")
-    return torch.from_numpy(np.stack(clips))
+def held_out_records(cfg: VideoClipConfig) -> list[ClipRecord]:
+    """The video records of the held-out split ``cfg.sample_split`` (none for a folder or without the split)."""
+    if not cfg.sample_split or not Path(cfg.source).is_file():
+        return []
+    return [r for r in load_records(cfg.source, split=cfg.sample_split) if r.video is not None]
+
+
+def sample_clips(cfg: VideoClipConfig, records: list[ClipRecord]) -> torch.Tensor:
+    """The fixed clips shown in ``samples/``: held-out clips when the split has any, else training ``records``."""
+    return fixed_clips(held_out_records(cfg) or records, cfg, cfg.num_samples)[0]
+
+
+def evaluation_sets(cfg: VideoClipConfig, records: list[ClipRecord], count: int) -> dict[str, torch.Tensor]:
+    """The clips scored at ``train.eval_every``: ``val`` (held-out split, when there is one) and ``train_eval``
+    (training ``records``), ``count`` fixed clips each (:func:`~mmtok.data.video_clips.fixed_clips`)."""
+    sets = {}
+    held_out = held_out_records(cfg)
+    if held_out:
+        sets["val"] = fixed_clips(held_out, cfg, count)[0]
+    sets["train_eval"] = fixed_clips(records, cfg, count)[0]
+    return sets
 
 
 def mean_clip_psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
@@ -173,7 +181,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ---- data
     records = find_records(cfg.data)
     data = RandomClips(records, cfg.data, tc.seed, accelerator.process_index, accelerator.num_processes)
-    samples = sample_clips(cfg.data, data)
+    samples = sample_clips(cfg.data, records)
+    eval_sets = evaluation_sets(cfg.data, records, tc.eval_clips) if tc.eval_every > 0 else {}
+    if tc.eval_every > 0 and "val" not in eval_sets:
+        accelerator.print(f"no held-out split {cfg.data.sample_split!r} in {cfg.data.source}: only train_eval/psnr "
+                          f"is scored")
 
     # ---- models
     set_seed(tc.seed)
@@ -236,6 +248,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_comparison_gif(run_dir / "samples" / f"step_{at:08d}.gif", samples, to_uint8(recon), cfg.data.fps)
         net.train(was_training)
         return score
+
+    @torch.no_grad()
+    def score_eval_sets() -> dict[str, float]:
+        net = ema.module if ema is not None else raw
+        was_training = net.training
+        net.eval()
+        scores = {}
+        for name, clips in eval_sets.items():
+            values = []
+            for i in range(0, len(clips), tc.batch_size):
+                batch = clips[i:i + tc.batch_size]
+                values.append(psnr(net.decode(net.encode(batch)).clamp(-1, 1), net.preprocess(batch), (-1.0, 1.0),
+                                   per_item=True, max_db=100.0))
+            scores[f"{name}/psnr"] = float(torch.cat(values).mean())
+        net.train(was_training)
+        return scores
 
     # ---- loop
     bar = tqdm(total=tc.steps, initial=step, desc="video tokenizer", unit="step",
@@ -313,6 +341,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             bar.set_postfix(loss=f"{last['loss']:.4f}", psnr=f"{batch_psnr:.2f}")
         if step % tc.sample_every == 0 or step == tc.steps:
             logger.log(step, {"sample_psnr": write_samples(step)})
+        if eval_sets and (step % tc.eval_every == 0 or step == tc.steps):
+            last.update(score_eval_sets())
+            logger.log(step, {k: v for k, v in last.items() if k.endswith("/psnr")})
         if step % tc.save_every == 0 or step == tc.steps:
             save_checkpoint(accelerator, run_dir, step, trainer_state(), keep=tc.keep_checkpoints, extra=extra)
     bar.close()

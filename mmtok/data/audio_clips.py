@@ -14,18 +14,21 @@ __all__ = ["AudioClips"]
 class AudioClips:
     """Mono waveforms from a manifest and/or files and folders, decoded on first use (PyAV) and kept in memory.
 
-    Files that fail to decode are skipped and recorded in :attr:`skipped` (``{path: reason}``).
+    ``max_files > 0`` keeps the first ``max_files`` files; a manifest's records are then taken in turn from each
+    source (:func:`mmtok.data.ingest.interleave_sources`), so a validation subset of a split sorted by id covers its
+    sources. Files that fail to decode are skipped and recorded in :attr:`skipped` (``{path: reason}``).
     """
 
     def __init__(self, *, paths: Sequence[str] = (), manifest: str | None = None, split: str | None = None,
                  sample_rate: int, max_files: int = 0):
-        from mmtok.data.ingest import load_records
+        from mmtok.data.ingest import interleave_sources, load_records
         from mmtok.data.media import MEDIA_EXTENSIONS, list_media
 
         self.sample_rate = sample_rate
         entries: list[tuple[Path, float, float | None]] = []
         if manifest:
-            for rec in load_records(manifest, split=split):
+            records = load_records(manifest, split=split)
+            for rec in interleave_sources(records) if max_files else records:   # a subset spreads over sources
                 src = rec.audio if rec.audio is not None else rec.video
                 entries.append((Path(src), rec.start, None if rec.end is None else rec.end - rec.start))
         for p in paths:

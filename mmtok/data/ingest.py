@@ -45,6 +45,7 @@ __all__ = [
     "ClipConfig",
     "ClipRecord",
     "ManifestError",
+    "interleave_sources",
     "iter_clips",
     "load_clip",
     "load_records",
@@ -196,6 +197,25 @@ def load_records(source: str | os.PathLike, *, split: str | Sequence[str] | None
             raise ValueError("split filtering needs a manifest; a folder has no splits")
         return scan_folder(source)
     return read_manifest(source, split=split)
+
+
+def interleave_sources(records: Sequence[ClipRecord]) -> list[ClipRecord]:
+    """``records`` reordered so that every prefix spreads over their sources: the first record of each source (in
+    order of first appearance), then the second of each, and so on.
+
+    The source is the manifest's ``source`` field (the real-media manifests, :mod:`mmtok.datasets.real_media`); a
+    record without one is its own source, so a manifest without the field keeps its order. Evaluations that score
+    the first ``n`` records of a split use it, so that ``n`` clips of a split sorted by id cover its sources instead
+    of the first one's clips.
+    """
+    by_source: dict[Any, list[ClipRecord]] = {}
+    for i, r in enumerate(records):
+        by_source.setdefault(r.meta.get("source", ("record", i)), []).append(r)
+    queues = list(by_source.values())
+    out: list[ClipRecord] = []
+    for depth in range(max((len(q) for q in queues), default=0)):
+        out.extend(q[depth] for q in queues if depth < len(q))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- decoding
