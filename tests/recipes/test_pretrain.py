@@ -82,6 +82,24 @@ class CodebookStub:
         return cls(*json.loads((Path(d) / "stub.json").read_text()))
 
 
+def write_token_shards(tmp_path: Path, rows: list, vocab, latent_hw=None) -> tuple[Path, Path]:
+    """One token shard of ``rows`` recorded against ``vocab``, and a stub tokenizer bundle beside it: the folders
+    ``data.shards`` and ``data.bundle`` take."""
+    from mmtok.data.shards import DATASET_FILE, shard_name, write_shard
+    from mmtok.multimodal import MultimodalTokenizer
+
+    tokens = tmp_path / "tokens"
+    write_shard(tokens / "shards" / f"{shard_name(0, 1)}.arrow", rows)
+    (tokens / DATASET_FILE).write_text(json.dumps({
+        "shards": [{"file": f"{shard_name(0, 1)}.arrow", "num_records": len(rows), "num_rows": len(rows)}],
+        "vocab_fingerprint": vocab.fingerprint, "vocab_layout": vocab.describe(),
+        "audio_pattern": "frame_major", "num_audio_levels": 2}))
+    bundle = tmp_path / "bundle"
+    MultimodalTokenizer(text=CodebookStub("text", 64), video=CodebookStub("video", 32),
+                        audio=CodebookStub("audio", 16, 2), vocab=vocab, latent_hw=latent_hw).save_pretrained(bundle)
+    return tokens, bundle
+
+
 def metric(run_dir: Path, key: str) -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {r["step"]: r[key] for r in rows if key in r}
@@ -206,7 +224,7 @@ def test_pretrain_on_token_shards_through_the_loader(tmp_path):
     pytest.importorskip("mmtok.data.loader")
     from accelerate.state import AcceleratorState
 
-    from mmtok.data.shards import DATASET_FILE, make_row, shard_name, write_shard
+    from mmtok.data.shards import make_row
     from mmtok.interface import CodeSpec
     from mmtok.multimodal import MultimodalTokenizer
     from mmtok.vocab import UnifiedVocabulary
@@ -222,15 +240,7 @@ def test_pretrain_on_token_shards_through_the_loader(tmp_path):
                              text_ids=[caption], video=torch.randint(0, 32, (2, 2, 2), generator=g),
                              audio=torch.randint(0, 16, (2, 4), generator=g), num_frames=5, num_samples=100,
                              meta={}))
-    tokens = tmp_path / "tokens"
-    write_shard(tokens / "shards" / f"{shard_name(0, 1)}.arrow", rows)
-    (tokens / DATASET_FILE).write_text(json.dumps({
-        "shards": [{"file": f"{shard_name(0, 1)}.arrow", "num_records": 48, "num_rows": 48}],
-        "vocab_fingerprint": vocab.fingerprint, "vocab_layout": vocab.describe(),
-        "audio_pattern": "frame_major", "num_audio_levels": 2}))
-    bundle = tmp_path / "bundle"
-    MultimodalTokenizer(text=CodebookStub("text", 64), video=CodebookStub("video", 32),
-                        audio=CodebookStub("audio", 16, 2), vocab=vocab).save_pretrained(bundle)
+    tokens, bundle = write_token_shards(tmp_path, rows, vocab)
 
     run_dir = tmp_path / "run"
     try:
@@ -256,7 +266,7 @@ def test_pretrain_with_run_length_video_conditions(tmp_path):
     exported bundle keeps the setting (its prompts fold like the training data) and matches the model."""
     from accelerate.state import AcceleratorState
 
-    from mmtok.data.shards import DATASET_FILE, make_row, shard_name, write_shard
+    from mmtok.data.shards import make_row
     from mmtok.interface import CodeSpec
     from mmtok.multimodal import MultimodalTokenizer
     from mmtok.vocab import UnifiedVocabulary
@@ -272,15 +282,7 @@ def test_pretrain_with_run_length_video_conditions(tmp_path):
         rows.append(make_row(id=f"c{i:03d}", split="validation" if i % 6 == 0 else "train", captions=[f"clip {i}"],
                              text_ids=[[i % 64, 1]], video=video, audio=torch.randint(0, 16, (2, 4), generator=g),
                              num_frames=9, num_samples=100, meta={}))
-    tokens = tmp_path / "tokens"
-    write_shard(tokens / "shards" / f"{shard_name(0, 1)}.arrow", rows)
-    (tokens / DATASET_FILE).write_text(json.dumps({
-        "shards": [{"file": f"{shard_name(0, 1)}.arrow", "num_records": 24, "num_rows": 24}],
-        "vocab_fingerprint": vocab.fingerprint, "vocab_layout": vocab.describe(),
-        "audio_pattern": "frame_major", "num_audio_levels": 2}))
-    bundle = tmp_path / "bundle"
-    MultimodalTokenizer(text=CodebookStub("text", 64), video=CodebookStub("video", 32),
-                        audio=CodebookStub("audio", 16, 2), vocab=vocab, latent_hw=(2, 2)).save_pretrained(bundle)
+    tokens, bundle = write_token_shards(tmp_path, rows, vocab, latent_hw=(2, 2))
 
     run_dir = tmp_path / "run"
     try:
