@@ -23,13 +23,31 @@ matched, never merged and never counted; the result is packed again (:mod:`mmtok
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmtok.encoders.packing import Packing
 
-__all__ = ["SaliencyScorer", "merge_bipartite", "merge_tokens", "tome_partition", "vtm_partition"]
+__all__ = ["AlternatePartition", "Partition", "SaliencyScorer", "merge_bipartite", "merge_tokens", "tome_partition",
+           "vtm_partition"]
+
+
+class Partition(NamedTuple):
+    """Sources and targets of bipartite matching in padded rows: places ``src_idx [B, Ms]`` / ``dst_idx [B, Md]``
+    in each row, and whether each is a real token (``src_ok``, ``dst_ok``)."""
+
+    src_idx: torch.Tensor
+    src_ok: torch.Tensor
+    dst_idx: torch.Tensor
+    dst_ok: torch.Tensor
+
+
+class AlternatePartition(Partition):
+    """ToMe's partition, sources at even places and targets at odd ones: the sets are strided views of the rows, so
+    :func:`merge_bipartite` slices them instead of gathering (the gathers were most of a merge's cost)."""
 
 
 class SaliencyScorer(nn.Module):
@@ -46,7 +64,7 @@ class SaliencyScorer(nn.Module):
         return self.fc2(F.gelu(self.fc1(self.norm(x)))).squeeze(-1)
 
 
-def tome_partition(lengths: torch.Tensor, max_len: int) -> tuple[torch.Tensor, ...]:
+def tome_partition(lengths: torch.Tensor, max_len: int) -> AlternatePartition:
     """ToMe's sets for padded rows of ``lengths`` real tokens: sources A = even places, targets B = odd places.
 
     Returns ``src_idx [B, ceil(M/2)]``, ``src_ok``, ``dst_idx [B, floor(M/2)]``, ``dst_ok`` (places in the padded
@@ -55,10 +73,11 @@ def tome_partition(lengths: torch.Tensor, max_len: int) -> tuple[torch.Tensor, .
     places = torch.arange(max_len, device=lengths.device)
     src, dst = places[0::2], places[1::2]
     b = lengths.shape[0]
-    return (src.expand(b, -1), src[None] < lengths[:, None], dst.expand(b, -1), dst[None] < lengths[:, None])
+    return AlternatePartition(src.expand(b, -1), src[None] < lengths[:, None], dst.expand(b, -1),
+                              dst[None] < lengths[:, None])
 
 
-def vtm_partition(saliency: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def vtm_partition(saliency: torch.Tensor, lengths: torch.Tensor) -> Partition:
     """VTM's sets for padded rows: the ``floor(n / 2)`` most salient real tokens are the targets, the rest sources.
 
     ``saliency`` ``[B, M]`` (padding ignored), ``lengths`` ``[B]``; returns ``src_idx [B, M - M//2]``, ``src_ok``,
@@ -73,11 +92,11 @@ def vtm_partition(saliency: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.
     dst_idx = order[:, : m // 2]
     src_pos = (n_dst[:, None] + src_slots[None]).clamp(max=m - 1)                      # [B, M - M//2]
     src_idx = order.gather(1, src_pos)
-    return src_idx, src_slots[None] < (lengths - n_dst)[:, None], dst_idx, dst_slots[None] < n_dst[:, None]
+    return Partition(src_idx, src_slots[None] < (lengths - n_dst)[:, None], dst_idx, dst_slots[None] < n_dst[:, None])
 
 
 def merge_bipartite(x: torch.Tensor, sizes: torch.Tensor, metric: torch.Tensor, valid: torch.Tensor,
-                    partition: tuple[torch.Tensor, ...], r: int,
+                    partition: Partition, r: int,
                     weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bipartite soft matching and merging on padded rows (ToMe's core, Sec. 3 of arXiv 2210.09461).
 
@@ -96,29 +115,46 @@ def merge_bipartite(x: torch.Tensor, sizes: torch.Tensor, metric: torch.Tensor, 
     """
     src_idx, src_ok, dst_idx, dst_ok = partition
     bsz, m, c = x.shape
+    alternate = isinstance(partition, AlternatePartition)
+
+    def take(t: torch.Tensor, idx: torch.Tensor, start: int) -> torch.Tensor:   # [B, M, ...] -> the set's rows
+        if alternate:
+            return t[:, start::2]
+        return t.gather(1, idx if t.dim() == 2 else idx[..., None].expand(-1, -1, t.shape[-1]))
+
     with torch.no_grad():  # the matching is a discrete choice; gradients flow through the averages
         unit = F.normalize(metric.float(), dim=-1)
-        a = unit.gather(1, src_idx[..., None].expand(-1, -1, unit.shape[-1]))          # [B, Ms, d]
-        b = unit.gather(1, dst_idx[..., None].expand(-1, -1, unit.shape[-1]))          # [B, Md, d]
-        scores = (a @ b.transpose(1, 2)).masked_fill(~dst_ok[:, None, :], float("-inf"))  # [B, Ms, Md]
-        best, match = scores.max(dim=-1)                                               # [B, Ms]
+        scores = take(unit, src_idx, 0) @ take(unit, dst_idx, 1).transpose(1, 2)       # [B, Ms, Md]
+        best, match = scores.masked_fill_(~dst_ok[:, None, :], float("-inf")).max(dim=-1)   # [B, Ms]
         best = best.masked_fill(~src_ok, float("-inf"))
         r_row = torch.minimum(src_ok.sum(1), dst_ok.sum(1)).clamp(max=r)               # [B]
-        order = best.argsort(dim=1, descending=True)
-        slots = torch.arange(order.shape[1], device=x.device).expand_as(order)
-        rank = torch.empty_like(order).scatter_(1, order, slots)                       # each source's place in line
-        merged = rank < r_row[:, None]                                                 # [B, Ms]
-        target = dst_idx.gather(1, match)                                              # [B, Ms] row places
-        removed = torch.zeros(bsz, m, device=x.device).scatter_add_(1, src_idx, merged.float()) > 0
-        received = torch.zeros(bsz, m, device=x.device).scatter_add_(1, target, merged.float()) > 0
+        top = best.argsort(dim=1, descending=True)[:, : int(r_row.max())]             # [B, R] best-matched first
+        top_ok = torch.arange(top.shape[1], device=x.device)[None] < r_row[:, None]    # [B, R] merged
+        merged = torch.zeros_like(src_ok).scatter_(1, top, top_ok)                     # [B, Ms]
+        target = match.gather(1, top)                                                  # [B, R] places in the targets
+        received = torch.zeros(dst_ok.shape, device=x.device).scatter_add_(1, target, top_ok.float()) > 0
+        if alternate:
+            keep = valid.clone()
+            keep[:, 0::2] &= ~merged
+        else:  # scatter_add, not scatter: padded slots of a VTM partition may repeat a place
+            keep = valid & ~(torch.zeros(bsz, m, device=x.device).scatter_add_(1, src_idx, merged.float()) > 0)
+    # Each target becomes the weighted mean of itself and the sources merged into it; only the targets change, and
+    # only the R merged sources are gathered.
     w = (sizes if weights is None else weights).to(x.dtype)                            # [B, M]
-    w_src = w.gather(1, src_idx) * merged                                              # [B, Ms], 0 if not merged
-    x_src = x.gather(1, src_idx[..., None].expand(-1, -1, c))                          # [B, Ms, C]
-    num = (x * w[..., None]).scatter_add(1, target[..., None].expand(-1, -1, c), x_src * w_src[..., None])
-    den = w.scatter_add(1, target, w_src)                                              # [B, M]
-    x_out = torch.where(received[..., None], num / den[..., None], x)
-    sizes_out = sizes.scatter_add(1, target, sizes.gather(1, src_idx) * merged)
-    return x_out, sizes_out, valid & ~removed
+    w_top = take(w, src_idx, 0).gather(1, top) * top_ok                               # [B, R], 0 if not merged
+    x_top = take(x, src_idx, 0).gather(1, top[..., None].expand(-1, -1, c))            # [B, R, C]
+    w_dst, x_dst = take(w, dst_idx, 1), take(x, dst_idx, 1)                            # [B, Md], [B, Md, C]
+    num = (x_dst * w_dst[..., None]).scatter_add(1, target[..., None].expand(-1, -1, c), x_top * w_top[..., None])
+    den = w_dst.scatter_add(1, target, w_top)                                          # [B, Md]
+    x_dst = torch.where(received[..., None], num / den[..., None], x_dst)
+    s_dst = take(sizes, dst_idx, 1).scatter_add(1, target, take(sizes, src_idx, 0).gather(1, top) * top_ok)
+    if alternate:
+        x_out, sizes_out = x.clone(), sizes.clone()
+        x_out[:, 1::2], sizes_out[:, 1::2] = x_dst, s_dst
+    else:
+        x_out = x.scatter(1, dst_idx[..., None].expand(-1, -1, c), x_dst)
+        sizes_out = sizes.scatter(1, dst_idx, s_dst)
+    return x_out, sizes_out, keep
 
 
 def merge_tokens(x: torch.Tensor, sizes: torch.Tensor, metric: torch.Tensor, packing: Packing, r: int, *,

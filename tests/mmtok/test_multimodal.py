@@ -331,3 +331,18 @@ def test_models_registered_with_automodel_resolve_by_their_config(tmp_path):
     assert resolve_tokenizer_class(class_name(AutoOnlyTokenizer), tmp_path, "f") is AutoOnlyTokenizer
     with pytest.raises(ValueError, match="not a registered tokenizer class"):
         resolve_tokenizer_class("os.system", tmp_path, "f")
+
+
+def test_require_finite_names_bad_items_even_when_the_sum_overflows():
+    from mmtok.interface import require_finite
+
+    require_finite(torch.full((2, 4), 3e38), "big")              # finite values whose sum overflows: accepted
+    require_finite(torch.zeros(0, 3), "empty")
+    x = torch.full((3, 4), 3e38)
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"big holds NaN or infinite values in batch item\(s\) \[2\]"):
+        require_finite(x, "big")
+    y = torch.zeros(2, 5)
+    y[0, 0] = float("-inf")
+    with pytest.raises(ValueError, match=r"\[0\]"):
+        require_finite(y, "small")
