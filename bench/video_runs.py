@@ -13,8 +13,14 @@ condition is decoded back and compared with the codes (the form is lossless; the
 
 Only the vocabulary of the bundle is read (``vocab.json``, no tokenizer weights); the run tokens are appended to it
 for runs up to ``--max-run`` cells (default: a whole latent frame). Prints a table and writes JSON (default
-``bench/results/video_runs.json``). Nothing here depends on the machine's speed. The LM's speed and loss with the
-option are measured by training with ``data.video_runs=true`` (``recipes/pretrain.py``), not here.
+``bench/results/video_runs.json``). Nothing above depends on the machine's speed.
+
+``--lm-steps N`` adds the LM's training speed with both forms, measured in this one run: a ``demo``-preset LM (fresh
+weights, the vocabulary with run tokens for both, so the two differ only in their sequences) takes N AdamW steps on
+each form's batches, alternating plain and run-length steps, over the same task draws (``--lm-batch-size``
+sequences of the tasks above, equal weights: where run-length conditions apply at all). Reported: mean tokens per
+batch (real and padded), median seconds per step of each form, and their ratio. The loss with the option is measured by
+training with ``data.video_runs=true`` (``recipes/pretrain.py``).
 """
 
 from __future__ import annotations
@@ -142,6 +148,46 @@ def measure(tokens: Path, vocab: UnifiedVocabulary, info: dict, *, split: str | 
     return out
 
 
+def time_lm_steps(tokens: Path, runs_vocab: UnifiedVocabulary, info: dict, *, steps: int, batch_size: int,
+                  split: str | None, threads: int | None) -> dict:
+    """Seconds per LM training step on plain and run-length batches of the same task draws, interleaved."""
+    from lm import MMLMConfig, MMLMForCausalLM
+    from mmtok.data.loader import LoaderConfig, TaskMixtureLoader
+
+    if threads:
+        torch.set_num_threads(threads)
+    kw = dict(split=split, audio_pattern=info.get("audio_pattern"), num_audio_levels=info.get("num_audio_levels"))
+    loaders = {}
+    for form in ("plain", "runs"):
+        cfg = LoaderConfig(tasks={t: 1.0 for t in TASKS}, batch_size=batch_size, seed=0, video_runs=form == "runs")
+        loaders[form] = TaskMixtureLoader(str(tokens), runs_vocab, cfg, **kw)
+    torch.manual_seed(0)
+    model = MMLMForCausalLM(MMLMConfig.from_preset("demo", vocab=runs_vocab)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    seconds: dict[str, list[float]] = {"plain": [], "runs": []}
+    tokens_per_batch: dict[str, list[int]] = {"plain": [], "runs": []}          # padded
+    real_tokens: dict[str, list[int]] = {"plain": [], "runs": []}
+    for step in range(steps + 2):                                   # the first two steps warm up, untimed
+        for form in ("plain", "runs") if step % 2 == 0 else ("runs", "plain"):
+            batch = loaders[form].micro_batches(step)[0]
+            t0 = time.perf_counter()
+            out = model(input_ids=batch["input_ids"], loss_mask=batch["loss_mask"], prefix_len=batch["prefix_len"])
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if step >= 2:
+                seconds[form].append(time.perf_counter() - t0)
+                tokens_per_batch[form].append(batch["input_ids"].numel())
+                real_tokens[form].append(int((batch["input_ids"] != runs_vocab.pad_id).sum()))
+    med = {f: sorted(v)[len(v) // 2] for f, v in seconds.items()}
+    return {"steps": steps, "batch_size": batch_size, "threads": torch.get_num_threads(),
+            "mean_tokens_plain": sum(tokens_per_batch["plain"]) / steps,
+            "mean_tokens_runs": sum(tokens_per_batch["runs"]) / steps,
+            "mean_real_tokens_plain": sum(real_tokens["plain"]) / steps,
+            "mean_real_tokens_runs": sum(real_tokens["runs"]) / steps,
+            "median_s_plain": med["plain"], "median_s_runs": med["runs"], "speedup": med["plain"] / med["runs"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", required=True, help="a token dataset folder (recipes/tokenize_dataset.py output)")
@@ -149,6 +195,9 @@ def main() -> None:
     p.add_argument("--split", default=None, help="only rows of this split (default: all)")
     p.add_argument("--max-rows", type=int, default=None)
     p.add_argument("--max-run", type=int, default=None, help="longest run token (default: H' * W')")
+    p.add_argument("--lm-steps", type=int, default=0, help="> 0: time this many LM steps of each form")
+    p.add_argument("--lm-batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="torch threads of the LM timing")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "video_runs.json"))
     args = p.parse_args()
 
@@ -159,6 +208,9 @@ def main() -> None:
     vocab, bundle = find_vocab(tokens, args.bundle, info)
     result = measure(tokens, vocab, info, split=args.split, max_rows=args.max_rows, max_run=args.max_run)
     result["bundle"] = str(bundle)
+    if args.lm_steps > 0:
+        result["lm"] = time_lm_steps(tokens, vocab.with_video_runs(result["max_run"]), info, steps=args.lm_steps,
+                                     batch_size=args.lm_batch_size, split=args.split, threads=args.threads)
     result["machine"] = {"python": platform.python_version(), "torch": torch.__version__}
 
     h, w = result["latent_hw"]
@@ -183,6 +235,12 @@ def main() -> None:
         print(f"cells equal to the same cell one latent frame earlier: {100 * c['repeated_cell_fraction']:.1f}% "
               f"(frames 1..T'-1); {100 * c['repeated_cells_in_runs_of_1']:.0f}% of them alone (a <run_1> saves "
               f"nothing); run tokens by length: {c['run_tokens_by_length']}")
+    if "lm" in result:
+        t = result["lm"]
+        print(f"LM training steps ({t['steps']} of each form, batch {t['batch_size']}, {t['threads']} threads, "
+              f"interleaved): tokens per batch {t['mean_real_tokens_plain']:.0f} plain, {t['mean_real_tokens_runs']:.0f} "
+              f"run-length ({t['mean_tokens_plain']:.0f} / {t['mean_tokens_runs']:.0f} padded); {1e3 * t['median_s_plain']:.1f} ms vs {1e3 * t['median_s_runs']:.1f} ms a step "
+              f"(speedup {t['speedup']:.3f}x)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

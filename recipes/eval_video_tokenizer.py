@@ -19,7 +19,10 @@ sigma 1.5, per frame and RGB channel, averaged), both :mod:`mmtok.metrics`; code
 over the whole eval set / codebook size) and code perplexity, bits per clip ``= T'H'W' log2(K)``, bits per pixel
 ``= bits per clip / (T H W)``, compression ratio ``= 24 bits per RGB pixel / bpp``, encode and decode clips/s and
 frames/s (batch ``batch_size``, after one warm-up batch); and PSNR and SSIM per source (``per_source``) when the
-manifest names its records' sources.
+manifest names its records' sources. Temporal redundancy of the codes, what the LM's run-length conditions
+(:mod:`mmtok.run_length`, ``data.video_runs``) can gain on this footage: ``repeated_code_fraction`` (cells of latent
+frames 1..T'-1 equal to the same cell one latent frame earlier) and ``run_length_ratio`` (tokens of each clip's
+run-length form over its cells, runs up to a whole latent frame; 1.0: nothing saved).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from mmtok.data.media import write_video
 from mmtok.frames import to_uint8
 from mmtok.io import atomic_write, progress_enabled
 from mmtok.metrics import psnr, ssim
+from mmtok.run_length import run_length_encode_video
 from mmtok.video import VideoTokenizer
 from recipes.common import build_arg_parser, load_config
 from mmtok.data.video_clips import VideoClipConfig, find_records, fixed_clips, write_comparison_gif
@@ -106,6 +110,8 @@ def evaluate(model: VideoTokenizer, clips: torch.Tensor, batch_size: int) -> dic
     bpp = bits_per_clip / (t * h * w)
     clip_psnr = psnr(recon, clips, (0.0, 255.0), per_item=True, max_db=100.0)                # [N]
     clip_ssim = ssim(recon.movedim(-1, -3), clips.movedim(-1, -3), (0.0, 255.0), per_item=True)  # [N]
+    repeated = (codes_all[:, 1:] == codes_all[:, :-1]).double().mean() if tl > 1 else torch.tensor(0.0)
+    run_tokens = sum(len(run_length_encode_video(c)) for c in codes_all)
     return {
         "num_clips": n, "clip_shape": [t, h, w], "code_shape": [tl, hl, wl],
         "codebook_size": model.codebook_size,
@@ -113,6 +119,7 @@ def evaluate(model: VideoTokenizer, clips: torch.Tensor, batch_size: int) -> dic
         "ssim": float(clip_ssim.mean()),
         "codebook_utilization": float((counts > 0).double().mean()),
         "code_perplexity": float(entropy.exp()),
+        "repeated_code_fraction": float(repeated), "run_length_ratio": run_tokens / codes_all.numel(),
         "bits_per_clip": bits_per_clip, "bits_per_pixel": bpp, "compression_ratio": 24.0 / bpp,
         "encode_clips_per_s": n / enc_time, "encode_frames_per_s": n * t / enc_time,
         "decode_clips_per_s": n / dec_time, "decode_frames_per_s": n * t / dec_time,

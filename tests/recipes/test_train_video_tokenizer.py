@@ -201,3 +201,26 @@ def test_eval_recipe(media, tmp_path):
         assert f.streams.video[0].height == 32                              # originals above reconstructions
     with pytest.raises(FileNotFoundError, match="no tokenizer"):
         evaluate([f"model={tmp_path / 'nothing'}", f"data.source={media}"])
+
+
+def test_eval_reports_code_redundancy():
+    """A still scene's codes repeat every latent frame: the run-length form keeps frame 0 and one run per frame."""
+    from recipes.eval_video_tokenizer import evaluate
+
+    class StillScene:   # encodes every clip to the same 2x2 codes in each of 3 latent frames; decodes to grey
+        codebook_size = 8
+
+        def eval(self):
+            return self
+
+        def encode(self, clips):
+            return torch.arange(4).reshape(1, 1, 2, 2).expand(len(clips), 3, 2, 2).clone()
+
+        def decode(self, codes):
+            return torch.zeros(len(codes), 3, 5, 8, 8)
+
+    clips = torch.full((3, 5, 8, 8, 3), 128, dtype=torch.uint8)
+    metrics = evaluate(StillScene(), clips, batch_size=2)
+    assert metrics["repeated_code_fraction"] == 1.0
+    assert metrics["run_length_ratio"] == pytest.approx((4 + 1 + 1) / 12)        # frame 0, then <run_4> twice
+    assert metrics["psnr"] == 100.0                                            # grey 128 decodes back exactly
