@@ -13,14 +13,18 @@ video tower's switches set, training-free (:meth:`lm.modeling_vatt.VATTModel.fro
 - RLT (arXiv 2411.05222) at each ``--rlt`` threshold; its run-length embedding starts at zero, as the paper's
   training-free RLT;
 - ToMe (arXiv 2210.09461) and VTM (arXiv 2410.23782) merging ``r`` tokens per block, each ``--merge-r``; training-free
-  VTM runs an untrained saliency scorer;
+  VTM runs an untrained saliency scorer. The demo's video tower has 4 blocks over 80 tokens, so the default ``r``
+  go up to 40 (a clip merges at most half its tokens a block: r = 40 takes 80 tokens to 10 entering the last block),
+  the share of tokens ToMe's ViT-L (r = 8 over 24 blocks of 197 tokens) removes, which its speed claim is for;
 - STTS (arXiv 2111.11591): the frame stage at each ``--stts-frames`` fraction, the region stage at each
   ``--stts-regions`` fraction; training-free STTS runs untrained scorers;
 - RLT + ToMe (the first threshold, the middle ``r``).
 
 With ``--finetune-steps N`` the learnable methods (VTM at every ``r``, STTS at every setting) and RLT (first
 threshold) are also fine-tuned from the plain model for N steps (the recipe's ``model.init_from``) and get their own
-rows (``ft``).
+rows (``ft``), beside their control: the plain model fine-tuned the same N steps with no method (``plain (joint)
+(ft)``). A fine-tuned row's accuracy change is measured against that control, so the extra steps themselves are not
+counted as the method's gain; its tokens and speed against the plain model, as every row's.
 
 Measured per row and corpus, each row in its own process (so its peak memory is its own): video tokens per clip
 (embedded, entering the first block, leaving the last: RLT drops before the encoder, STTS at its layer, ToMe / VTM in
@@ -99,6 +103,7 @@ def method_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         learned = [r for r in rows if r["family"] in ("vtm", "stts")]
         if args.rlt:
             learned.insert(0, next(r for r in rows if r["family"] == "rlt"))
+        learned.insert(0, rows[0])                  # the control: the same steps with no method
         for r in learned:
             rows.append({**r, "name": f"{r['name']} (ft)", "model": f"ft:{r['name']}", "finetuned": True})
     return rows
@@ -118,6 +123,12 @@ def train_model(run_dir: Path, overrides: list[str], args: argparse.Namespace) -
     """``recipes/train_vatt.py`` as a user runs it (reused when ``run_dir`` already holds its export)."""
     export = run_dir / "export"
     if (export / "config.json").is_file():
+        steps = next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("train.steps=")), None)
+        trained = json.loads((export / "eval.json").read_text()).get("steps") if (export / "eval.json").is_file() \
+            else None
+        if steps is not None and trained is not None and trained != steps:
+            raise SystemExit(f"{export} holds a model trained {trained} steps, not the {steps} asked for: give "
+                             "another --work folder (trained models are reused by name)")
         print(f"[train] reusing {export}", flush=True)
         return export
     config = ROOT / "recipes" / "configs" / ("vatt_debug.yaml" if args.quick else "vatt_demo.yaml")
@@ -148,7 +159,8 @@ def prepare_models(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict
     for row in rows:
         if row.get("finetuned"):
             switches = [f"model.video.{k}={v}" for k, v in row["switches"].items()]
-            name = row["name"].replace(" ", "_").replace("=", "").replace("+", "and").replace("(ft)", "ft")
+            name = (row["name"].replace(" ", "_").replace("=", "").replace("+", "and").replace("(ft)", "ft")
+                    .replace("(", "").replace(")", ""))
             models[row["model"]] = train_model(
                 args.work / name, [f"model.init_from={models['plain']}", f"train.steps={args.finetune_steps}",
                                    "train.warmup_steps=20", "train.lr=3e-4", "model.overrides.droptoken=0",
@@ -334,8 +346,11 @@ def run_row(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------- report
 def relative(rows: list[dict[str, Any]]) -> None:
-    """Savings, speedups and accuracy changes (points) of each row against the plain joint model, per corpus."""
+    """Savings, speedups and accuracy changes (points) of each row against the plain joint model, per corpus; a
+    fine-tuned row's accuracy change against the plain model fine-tuned the same steps (``plain (joint) (ft)``) when
+    that control was measured (``accuracy_baseline`` names the row it is against)."""
     plain = {r["corpus"]: r for r in rows if r["name"] == "plain (joint)" and "error" not in r}
+    control = {r["corpus"]: r for r in rows if r["name"] == "plain (joint) (ft)" and "error" not in r}
     for r in rows:
         p = plain.get(r["corpus"])
         if p is None or "error" in r:
@@ -344,8 +359,10 @@ def relative(rows: list[dict[str, Any]]) -> None:
         r["compute_saving"] = 1 - r["gflops_per_clip"] / p["gflops_per_clip"]
         r["infer_speedup"] = r["infer_clips_per_s"] / p["infer_clips_per_s"]
         r["train_speedup"] = r["train_clips_per_s"] / p["train_clips_per_s"]
-        if r.get("accuracy") is not None and p.get("accuracy") is not None:
-            r["accuracy_change_points"] = 100 * (r["accuracy"] - p["accuracy"])
+        base = control.get(r["corpus"], p) if r.get("finetuned") else p
+        if r.get("accuracy") is not None and base.get("accuracy") is not None:
+            r["accuracy_change_points"] = 100 * (r["accuracy"] - base["accuracy"])
+            r["accuracy_baseline"] = base["name"]
 
 
 def check_targets(rows: list[dict[str, Any]], corpus: str) -> dict[str, Any]:
@@ -419,7 +436,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append("tokens kept: entering the first block (RLT drops before the encoder, STTS selects at layer 0); "
                  "tokens out: entering the last block (ToMe / VTM merge in every block). x: against plain (joint). "
                  "probe acc: mean linear-probe accuracy (%) over digit, colour and direction; d pts: its change in "
-                 "points. Training-free rows unless marked (ft); training-free VTM / STTS run untrained scorers.")
+                 "points (a fine-tuned row's against plain (joint) (ft), the same steps with no method). Training-free rows unless marked (ft); training-free VTM / STTS run untrained scorers.")
     for corpus, checks in result["targets"].items():
         for family, check in checks.items():
             lines.append(f"- {corpus}: {check['target']}: {'met' if check['met'] else 'not met'} "
@@ -476,13 +493,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--finetune-steps", type=int, default=0, help="> 0: fine-tuned RLT / VTM / STTS rows too")
     parser.add_argument("--rlt", type=float, nargs="*", default=None,
                         help="RLT thresholds on the [-1, 1] pixel scale (0.05 0.1)")
-    parser.add_argument("--merge-r", type=int, nargs="*", default=None, help="ToMe / VTM r (4 8 16)")
+    parser.add_argument("--merge-r", type=int, nargs="*", default=None, help="ToMe / VTM r (8 16 24 32 40)")
     parser.add_argument("--stts-frames", type=float, nargs="*", default=None, help="STTS frame fractions (0.8 0.6)")
     parser.add_argument("--stts-regions", type=float, nargs="*", default=None, help="STTS region fractions (0.5)")
     parser.add_argument("--rows", nargs="*", default=None,
                         help="only these families besides plain (joint): divided rlt tome vtm stts rlt+tome")
     parser.add_argument("--batch-size", type=int, default=None, help="clips per timed batch (64)")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (median; 5)")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (median; 20)")
     parser.add_argument("--test-clips", type=int, default=None, help="test clips for accuracy and tokens (512)")
     parser.add_argument("--probe-clips", type=int, default=None, help="training clips the probes fit on (1024)")
     parser.add_argument("--footage-clips", type=int, default=256, help="clips of an unlabelled corpus")
@@ -500,9 +517,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("RESULT " + json.dumps(measure_row(json.loads(args.worker))))
         return {}
     q = args.quick
-    defaults = dict(train_steps=4 if q else 3000, rlt=[0.05] if q else [0.05, 0.1], merge_r=[2] if q else [4, 8, 16],
+    defaults = dict(train_steps=4 if q else 3000, rlt=[0.05] if q else [0.05, 0.1],
+                    merge_r=[2] if q else [8, 16, 24, 32, 40],
                     stts_frames=[0.5] if q else [0.8, 0.6], stts_regions=[0.5], batch_size=8 if q else 64,
-                    reps=2 if q else 5, test_clips=16 if q else 512, probe_clips=32 if q else 1024)
+                    reps=2 if q else 20, test_clips=16 if q else 512, probe_clips=32 if q else 1024)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -4,6 +4,7 @@ switches; fine-tuning from the export; the token-efficiency benchmark on the exp
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -124,6 +125,45 @@ def test_token_efficiency_bench_measures_the_export(trained, tmp_path):
     assert {"rlt", "tome", "stts", "vtm"} <= set(result["targets"]["corpus"])
     for name in ("token_efficiency.json", "token_efficiency.md", "token_efficiency.png"):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_token_efficiency_finetuned_rows_are_measured_against_their_control():
+    """Fine-tuned rows gain the control's extra steps too: their accuracy change is against the plain model
+    fine-tuned the same steps; tokens and speed stay against the plain model."""
+    spec = importlib.util.spec_from_file_location("token_efficiency", ROOT / "bench" / "token_efficiency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(rlt=[0.05], merge_r=[4], stts_frames=[0.8], stts_regions=[], finetune_steps=10)
+    names = [r["name"] for r in bench.method_rows(args)]
+    assert names[-4:] == ["plain (joint) (ft)", "RLT tau=0.05 (ft)", "VTM r=4 (ft)", "STTS frames 0.8 (ft)"]
+
+    def row(name, accuracy, tokens, finetuned=False):
+        return {"corpus": "c", "name": name, "family": name.split()[0].lower(), "accuracy": accuracy, "tokens_first_block": tokens,
+                "gflops_per_clip": tokens, "infer_clips_per_s": 100 / tokens, "train_clips_per_s": 10 / tokens,
+                **({"finetuned": True} if finetuned else {})}
+    rows = [row("plain (joint)", 0.80, 80), row("RLT tau=0.05", 0.78, 40),
+            row("plain (joint) (ft)", 0.90, 80, True), row("RLT tau=0.05 (ft)", 0.897, 40, True)]
+    bench.relative(rows)
+    free, control, tuned = rows[1], rows[2], rows[3]
+    assert free["accuracy_change_points"] == pytest.approx(-2) and free["accuracy_baseline"] == "plain (joint)"
+    assert tuned["accuracy_change_points"] == pytest.approx(-0.3) and tuned["accuracy_baseline"] == "plain (joint) (ft)"
+    assert tuned["token_saving"] == pytest.approx(0.5) and control["token_saving"] == 0
+    check = bench.check_targets(rows, "c")["rlt"]                  # the free row loses 2 points, the tuned 0.3
+    assert check["row"] == "RLT tau=0.05 (ft)" and check["met"]
+
+
+def test_token_efficiency_refuses_to_reuse_a_model_of_other_steps(tmp_path):
+    spec = importlib.util.spec_from_file_location("token_efficiency", ROOT / "bench" / "token_efficiency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    export = tmp_path / "run" / "export"
+    export.mkdir(parents=True)
+    (export / "config.json").write_text("{}")
+    (export / "eval.json").write_text(json.dumps({"steps": 500}))
+    args = argparse.Namespace(quick=True, corpus=[tmp_path], threads=1)
+    assert bench.train_model(tmp_path / "run", ["train.steps=500"], args) == export     # same steps: reused
+    with pytest.raises(SystemExit, match="trained 500 steps, not the 1500 asked for"):
+        bench.train_model(tmp_path / "run", ["train.steps=1500"], args)
 
 
 def test_bad_configs_raise_clear_errors(tmp_path):
