@@ -17,10 +17,11 @@ video tower's switches set, training-free (:meth:`lm.modeling_vatt.VATTModel.fro
   go up to 40 (a clip merges at most half its tokens a block: r = 40 takes 80 tokens to 10 entering the last block),
   the share of tokens ToMe's ViT-L (r = 8 over 24 blocks of 197 tokens) removes, which its speed claim is for;
 - STTS (arXiv 2111.11591): the frame stage at each ``--stts-frames`` fraction, the region stage at each
-  ``--stts-regions`` fraction; training-free STTS runs untrained scorers;
+  ``--stts-regions`` fraction, and both stages together (the paper's form) at each ``--stts-both`` pair;
+  training-free STTS runs untrained scorers;
 - RLT + ToMe (the first threshold, the middle ``r``).
 
-With ``--finetune-steps N`` the learnable methods (VTM at every ``r``, STTS at every setting) and RLT (first
+With ``--finetune-steps N`` the trainable methods (ToMe and VTM at every ``r``, STTS at every setting) and RLT (first
 threshold) are also fine-tuned from the plain model for N steps (the recipe's ``model.init_from``) and get their own
 rows (``ft``), beside their control: the plain model fine-tuned the same N steps with no method (``plain (joint)
 (ft)``). A fine-tuned row's accuracy change is measured against that control, so the extra steps themselves are not
@@ -78,6 +79,15 @@ TARGETS = {  # (paper claim, tolerance in accuracy points)
 
 
 # ------------------------------------------------------------------------------------------------------- rows
+def parse_pair(text: str) -> tuple[float, float]:
+    """``FRAMES:REGIONS`` (``--stts-both``) -> two fractions."""
+    frames, sep, regions = text.partition(":")
+    try:
+        return float(frames), float(regions)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FRAMES:REGIONS (e.g. 0.8:0.8), got {text!r}") from None
+
+
 def method_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The method rows (name, family, model key, video switches), plain first."""
     rows = [{"name": "plain (joint)", "family": "plain", "model": "plain", "switches": {}},
@@ -95,12 +105,15 @@ def method_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     for k in args.stts_regions:
         rows.append({"name": f"STTS regions {k:g}", "family": "stts", "model": "plain",
                      "switches": {"stts_regions": k}})
+    for kf, kr in args.stts_both:
+        rows.append({"name": f"STTS frames {kf:g} + regions {kr:g}", "family": "stts", "model": "plain",
+                     "switches": {"stts_frames": kf, "stts_regions": kr}})
     if args.rlt and args.merge_r:
         tau, r = args.rlt[0], args.merge_r[len(args.merge_r) // 2]
         rows.append({"name": f"RLT tau={tau:g} + ToMe r={r}", "family": "rlt+tome", "model": "plain",
                      "switches": {"rlt_threshold": tau, "tome_r": r}})
     if args.finetune_steps > 0:
-        learned = [r for r in rows if r["family"] in ("vtm", "stts")]
+        learned = [r for r in rows if r["family"] in ("tome", "vtm", "stts")]
         if args.rlt:
             learned.insert(0, next(r for r in rows if r["family"] == "rlt"))
         learned.insert(0, rows[0])                  # the control: the same steps with no method
@@ -496,6 +509,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--merge-r", type=int, nargs="*", default=None, help="ToMe / VTM r (8 16 24 32 40)")
     parser.add_argument("--stts-frames", type=float, nargs="*", default=None, help="STTS frame fractions (0.8 0.6)")
     parser.add_argument("--stts-regions", type=float, nargs="*", default=None, help="STTS region fractions (0.5)")
+    parser.add_argument("--stts-both", type=parse_pair, nargs="*", default=None,
+                        help="STTS frame and region fractions together, FRAMES:REGIONS (0.8:0.8 0.8:0.7)")
     parser.add_argument("--rows", nargs="*", default=None,
                         help="only these families besides plain (joint): divided rlt tome vtm stts rlt+tome")
     parser.add_argument("--batch-size", type=int, default=None, help="clips per timed batch (64)")
@@ -519,7 +534,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     q = args.quick
     defaults = dict(train_steps=4 if q else 3000, rlt=[0.05] if q else [0.05, 0.1],
                     merge_r=[2] if q else [8, 16, 24, 32, 40],
-                    stts_frames=[0.5] if q else [0.8, 0.6], stts_regions=[0.5], batch_size=8 if q else 64,
+                    stts_frames=[0.5] if q else [0.8, 0.6], stts_regions=[0.5],
+                    stts_both=[(0.5, 0.5)] if q else [(0.8, 0.8), (0.8, 0.7)], batch_size=8 if q else 64,
                     reps=2 if q else 20, test_clips=16 if q else 512, probe_clips=32 if q else 1024)
     for key, value in defaults.items():
         if getattr(args, key) is None:

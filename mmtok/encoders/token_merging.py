@@ -18,7 +18,9 @@ average weighs each member by ``size * sigmoid(saliency)``. That weighting is th
 second attention pass, and training and inference compute the same thing); sizes still count patches.
 
 Packing: merging is done per clip on a padded view of the packed batch with a validity mask, so padding is never
-matched, never merged and never counted; the result is packed again (:mod:`mmtok.encoders.packing`).
+matched, never merged and never counted; the result is packed again (:mod:`mmtok.encoders.packing`). Clips of equal
+length (no RLT) have no padding to track and take a shorter path (:func:`merge_alternate_full`) to the same result.
+After a merge each clip holds its unmerged sources, then its targets.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch import nn
 
 from mmtok.encoders.packing import Packing
 
-__all__ = ["AlternatePartition", "Partition", "SaliencyScorer", "merge_bipartite", "merge_tokens", "tome_partition",
+__all__ = ["AlternatePartition", "Partition", "SaliencyScorer", "merge_alternate_full", "merge_bipartite", "merge_tokens", "tome_partition",
            "vtm_partition"]
 
 
@@ -95,8 +97,53 @@ def vtm_partition(saliency: torch.Tensor, lengths: torch.Tensor) -> Partition:
     return Partition(src_idx, src_slots[None] < (lengths - n_dst)[:, None], dst_idx, dst_slots[None] < n_dst[:, None])
 
 
-def merge_bipartite(x: torch.Tensor, sizes: torch.Tensor, metric: torch.Tensor, valid: torch.Tensor,
-                    partition: Partition, r: int,
+def _merge_into_targets(x_dst: torch.Tensor, w_dst: torch.Tensor, s_dst: torch.Tensor, x_src: torch.Tensor,
+                        w_src: torch.Tensor, s_src: torch.Tensor, target: torch.Tensor,
+                        ok: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets ``x_dst [B, Md, C]`` absorb sources ``x_src [B, R, C]`` at places ``target [B, R]``: each target becomes
+    the weighted mean (``w_dst``, ``w_src``) of itself and its sources, and sizes (``s_dst``, ``s_src``) add.
+    ``ok [B, R]`` marks the sources really merged (``None``: all). Returns ``(x_dst, s_dst)``."""
+    c = x_dst.shape[-1]
+    hit = torch.ones_like(target, dtype=x_dst.dtype) if ok is None else ok.to(x_dst.dtype)   # [B, R]
+    w_src, s_src = w_src * hit, s_src * hit
+    num = (x_dst * w_dst[..., None]).scatter_add(1, target[..., None].expand(-1, -1, c), x_src * w_src[..., None])
+    den = w_dst.scatter_add(1, target, w_src)                                          # [B, Md]
+    received = torch.zeros_like(den).scatter_add_(1, target, hit) > 0                  # untouched targets stay exact
+    return torch.where(received[..., None], num / den[..., None], x_dst), s_dst.scatter_add(1, target, s_src)
+
+
+def merge_alternate_full(x: torch.Tensor, sizes: torch.Tensor, metric: torch.Tensor,
+                         r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ToMe on rows that are all real tokens (an unpadded batch of equal-length clips), output built by concatenation.
+
+    The same matching and size-weighted merge as :func:`merge_bipartite` with :func:`tome_partition`, without its
+    padding bookkeeping: the result has ``M - min(r, M // 2)`` tokens a row, the unmerged sources (set A, in their
+    order) then the targets (set B), as in ToMe's reference code. Order carries no meaning after a merge (positions
+    are in the embeddings; attention and pooling are order-free).
+
+    Args:
+        x: ``[B, M, C]``; sizes: ``[B, M]``; metric: ``[B, M, d]`` (the attention keys); r: merges per row.
+
+    Returns:
+        ``(x, sizes)`` ``[B, M - r', C]``, ``[B, M - r']``.
+    """
+    c = x.shape[-1]
+    r = min(r, x.shape[1] // 2)
+    with torch.no_grad():
+        unit = F.normalize(metric.float(), dim=-1)
+        best, match = (unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)).max(dim=-1)    # [B, Ms]
+        order = best.argsort(dim=1, descending=True)
+        top, rest = order[:, :r], order[:, r:].sort(dim=1).values                      # [B, r], [B, Ms - r]
+        target = match.gather(1, top)                                                  # [B, r]
+    xa, sa, xb, sb = x[:, 0::2], sizes[:, 0::2], x[:, 1::2], sizes[:, 1::2]
+    s_top = sa.gather(1, top)
+    x_dst, s_dst = _merge_into_targets(xb, sb.to(x.dtype), sb, xa.gather(1, top[..., None].expand(-1, -1, c)),
+                                       s_top.to(x.dtype), s_top, target)
+    return (torch.cat([xa.gather(1, rest[..., None].expand(-1, -1, c)), x_dst], dim=1),
+            torch.cat([sa.gather(1, rest), s_dst], dim=1))
+
+
+def merge_bipartite(x: torch.Tensor, sizes: torch.Tensor, metric: torch.Tensor, partition: Partition, r: int,
                     weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bipartite soft matching and merging on padded rows (ToMe's core, Sec. 3 of arXiv 2210.09461).
 
@@ -106,15 +153,18 @@ def merge_bipartite(x: torch.Tensor, sizes: torch.Tensor, metric: torch.Tensor, 
 
     Args:
         x: tokens ``[B, M, C]``; sizes: ``[B, M]``; metric: ``[B, M, d]`` (ToMe: attention keys);
-        valid: ``[B, M]`` real tokens; partition: ``(src_idx, src_ok, dst_idx, dst_ok)`` from
+        partition: ``(src_idx, src_ok, dst_idx, dst_ok)`` from
         :func:`tome_partition` or :func:`vtm_partition`; r: merges per row; weights: ``[B, M]`` merge weights.
 
     Returns:
-        ``(x, sizes, keep)``: merged tokens and sizes ``[B, M, ...]`` (targets that received merges updated) and
-        ``keep`` ``[B, M]``, the real tokens that remain (merged sources removed).
+        ``(x, sizes, keep)``: rows laid out as the sources then the targets, ``[B, Ms + Md, ...]`` (targets that
+        received merges updated), and ``keep`` ``[B, Ms + Md]``, the real tokens that remain (merged sources
+        removed). ``x[keep]`` is the merged batch, packed: each clip's unmerged sources in partition order, then its
+        targets (order carries no meaning after a merge: positions are in the embeddings, and attention and pooling
+        are order-free).
     """
     src_idx, src_ok, dst_idx, dst_ok = partition
-    bsz, m, c = x.shape
+    c = x.shape[-1]
     alternate = isinstance(partition, AlternatePartition)
 
     def take(t: torch.Tensor, idx: torch.Tensor, start: int) -> torch.Tensor:   # [B, M, ...] -> the set's rows
@@ -132,29 +182,14 @@ def merge_bipartite(x: torch.Tensor, sizes: torch.Tensor, metric: torch.Tensor, 
         top_ok = torch.arange(top.shape[1], device=x.device)[None] < r_row[:, None]    # [B, R] merged
         merged = torch.zeros_like(src_ok).scatter_(1, top, top_ok)                     # [B, Ms]
         target = match.gather(1, top)                                                  # [B, R] places in the targets
-        received = torch.zeros(dst_ok.shape, device=x.device).scatter_add_(1, target, top_ok.float()) > 0
-        if alternate:
-            keep = valid.clone()
-            keep[:, 0::2] &= ~merged
-        else:  # scatter_add, not scatter: padded slots of a VTM partition may repeat a place
-            keep = valid & ~(torch.zeros(bsz, m, device=x.device).scatter_add_(1, src_idx, merged.float()) > 0)
-    # Each target becomes the weighted mean of itself and the sources merged into it; only the targets change, and
-    # only the R merged sources are gathered.
+        keep = torch.cat([src_ok & ~merged, dst_ok], dim=1)                            # [B, Ms + Md]
+    # Only the targets change; the R merged sources are gathered from the sources.
     w = (sizes if weights is None else weights).to(x.dtype)                            # [B, M]
-    w_top = take(w, src_idx, 0).gather(1, top) * top_ok                               # [B, R], 0 if not merged
-    x_top = take(x, src_idx, 0).gather(1, top[..., None].expand(-1, -1, c))            # [B, R, C]
-    w_dst, x_dst = take(w, dst_idx, 1), take(x, dst_idx, 1)                            # [B, Md], [B, Md, C]
-    num = (x_dst * w_dst[..., None]).scatter_add(1, target[..., None].expand(-1, -1, c), x_top * w_top[..., None])
-    den = w_dst.scatter_add(1, target, w_top)                                          # [B, Md]
-    x_dst = torch.where(received[..., None], num / den[..., None], x_dst)
-    s_dst = take(sizes, dst_idx, 1).scatter_add(1, target, take(sizes, src_idx, 0).gather(1, top) * top_ok)
-    if alternate:
-        x_out, sizes_out = x.clone(), sizes.clone()
-        x_out[:, 1::2], sizes_out[:, 1::2] = x_dst, s_dst
-    else:
-        x_out = x.scatter(1, dst_idx[..., None].expand(-1, -1, c), x_dst)
-        sizes_out = sizes.scatter(1, dst_idx, s_dst)
-    return x_out, sizes_out, keep
+    x_src, w_src, s_src = take(x, src_idx, 0), take(w, src_idx, 0), take(sizes, src_idx, 0)   # [B, Ms, ...]
+    x_dst, s_dst = _merge_into_targets(take(x, dst_idx, 1), take(w, dst_idx, 1), take(sizes, dst_idx, 1),
+                                       x_src.gather(1, top[..., None].expand(-1, -1, c)), w_src.gather(1, top),
+                                       s_src.gather(1, top), target, top_ok)
+    return torch.cat([x_src, x_dst], dim=1), torch.cat([s_src, s_dst], dim=1), keep
 
 
 def merge_tokens(x: torch.Tensor, sizes: torch.Tensor, metric: torch.Tensor, packing: Packing, r: int, *,
@@ -169,12 +204,14 @@ def merge_tokens(x: torch.Tensor, sizes: torch.Tensor, metric: torch.Tensor, pac
     Returns:
         ``(x, sizes, packing)`` of the merged batch (``[N', C]``, ``[N']``); each clip's total size is unchanged.
     """
-    valid = packing.valid_mask()                                                       # [B, M]
     xp, sp, mp = packing.pad(x), packing.pad(sizes), packing.pad(metric)              # [B, M, ...]
+    if saliency is None and packing.is_uniform:  # no padding to track: the cheaper, concatenating form
+        x_out, s_out = merge_alternate_full(xp, sp, mp, r)                             # [B, M', C], [B, M']
+        return x_out.flatten(0, 1), s_out.flatten(), Packing.uniform(*s_out.shape, x.device)
     if saliency is None:
         partition, weights = tome_partition(packing.lengths, packing.max_len), None
     else:
         sal = packing.pad(saliency)                                                    # [B, M]
         partition, weights = vtm_partition(sal, packing.lengths), sp * torch.sigmoid(sal)
-    x_out, s_out, keep = merge_bipartite(xp, sp, mp, valid, partition, r, weights)
+    x_out, s_out, keep = merge_bipartite(xp, sp, mp, partition, r, weights)
     return x_out[keep], s_out[keep], Packing.from_lengths(keep.sum(1))

@@ -115,13 +115,15 @@ def test_token_efficiency_bench_measures_the_export(trained, tmp_path):
                          "--rows", "rlt", "tome", "vtm", "stts", "--in-process", "--work", str(tmp_path / "work"),
                          "--out", str(tmp_path / "out"), "--reps", "1"])
     names = [r["name"] for r in result["rows"]]
-    assert names == ["plain (joint)", "RLT tau=0.05", "ToMe r=2", "VTM r=2", "STTS frames 0.5", "STTS regions 0.5"]
+    assert names == ["plain (joint)", "RLT tau=0.05", "ToMe r=2", "VTM r=2", "STTS frames 0.5", "STTS regions 0.5",
+                     "STTS frames 0.5 + regions 0.5"]
     rows = {r["name"]: r for r in result["rows"]}
     assert all("error" not in r for r in rows.values()), [r.get("error") for r in rows.values()]
     plain = rows["plain (joint)"]
     assert plain["tokens_first_block"] == 256 and plain["infer_speedup"] == 1 and 0 <= plain["accuracy"] <= 1
     assert rows["ToMe r=2"]["tokens_last_block"] == 254 and rows["STTS frames 0.5"]["tokens_first_block"] == 128
     assert rows["STTS frames 0.5"]["compute_saving"] > 0.4 and rows["RLT tau=0.05"]["token_saving"] > 0.3
+    assert rows["STTS frames 0.5 + regions 0.5"]["tokens_first_block"] == 64           # half the frames, half of each
     assert {"rlt", "tome", "stts", "vtm"} <= set(result["targets"]["corpus"])
     for name in ("token_efficiency.json", "token_efficiency.md", "token_efficiency.png"):
         assert (tmp_path / "out" / name).is_file()
@@ -133,9 +135,14 @@ def test_token_efficiency_finetuned_rows_are_measured_against_their_control():
     spec = importlib.util.spec_from_file_location("token_efficiency", ROOT / "bench" / "token_efficiency.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    args = argparse.Namespace(rlt=[0.05], merge_r=[4], stts_frames=[0.8], stts_regions=[], finetune_steps=10)
+    args = argparse.Namespace(rlt=[0.05], merge_r=[4], stts_frames=[0.8], stts_regions=[], stts_both=[(0.8, 0.5)],
+                              finetune_steps=10)
     names = [r["name"] for r in bench.method_rows(args)]
-    assert names[-4:] == ["plain (joint) (ft)", "RLT tau=0.05 (ft)", "VTM r=4 (ft)", "STTS frames 0.8 (ft)"]
+    assert names[-6:] == ["plain (joint) (ft)", "RLT tau=0.05 (ft)", "ToMe r=4 (ft)", "VTM r=4 (ft)",
+                          "STTS frames 0.8 (ft)", "STTS frames 0.8 + regions 0.5 (ft)"]
+    assert bench.parse_pair("0.9:0.7") == (0.9, 0.7)
+    with pytest.raises(argparse.ArgumentTypeError, match="FRAMES:REGIONS"):
+        bench.parse_pair("0.9")
 
     def row(name, accuracy, tokens, finetuned=False):
         return {"corpus": "c", "name": name, "family": name.split()[0].lower(), "accuracy": accuracy, "tokens_first_block": tokens,

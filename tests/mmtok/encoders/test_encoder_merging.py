@@ -5,7 +5,8 @@ import torch
 
 from mmtok.encoders import PatchEncoderConfig, PatchEncoderModel
 from mmtok.encoders.packing import Packing
-from mmtok.encoders.token_merging import merge_bipartite, merge_tokens, vtm_partition
+from mmtok.encoders.token_merging import (merge_alternate_full, merge_bipartite, merge_tokens, tome_partition,
+                                         vtm_partition)
 
 
 def _per_clip_sum(values, packing):
@@ -21,9 +22,9 @@ def test_the_most_similar_pair_is_merged_into_its_size_weighted_mean():
     packing = Packing.from_lengths(torch.tensor([6, 3]))
     out, out_sizes, new = merge_tokens(x, sizes, metric, packing, 1)
     assert new.counts == (5, 2)
-    # clip 0: token 2 merged into token 3 (A into B); 0, 1, 4, 5 unchanged, order kept
-    torch.testing.assert_close(out[:5], torch.stack([x[0], x[1], (3 * x[2] + x[3]) / 4, x[4], x[5]]))
-    assert out_sizes[:5].tolist() == [1.0, 1.0, 4.0, 1.0, 1.0]
+    # clip 0: token 2 merged into token 3 (A into B); 0, 1, 4, 5 unchanged; A's left (0, 4), then the B's (1, 3, 5)
+    torch.testing.assert_close(out[:5], torch.stack([x[0], x[4], x[1], (3 * x[2] + x[3]) / 4, x[5]]))
+    assert out_sizes[:5].tolist() == [1.0, 1.0, 1.0, 4.0, 1.0]
     assert out_sizes[5:].sum().item() == 3.0                        # clip 1: 3 tokens in 2, same size
 
 
@@ -40,6 +41,23 @@ def test_merging_conserves_size_and_the_size_weighted_sum_per_clip(r):
                                _per_clip_sum(x * sizes[:, None], packing), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("m, r", [(9, 3), (10, 5), (6, 50)])
+def test_equal_length_clips_merge_as_the_padded_form_does(m, r):
+    # merge_tokens takes the concatenating path for equal-length clips: the same tokens, in the same order
+    b = 3
+    x, metric, sizes = torch.randn(b, m, 5), torch.randn(b, m, 4), torch.randint(1, 4, (b, m)).float()
+    out, out_sizes = merge_alternate_full(x, sizes, metric, r)
+    ref, ref_sizes, keep = merge_bipartite(x, sizes, metric, tome_partition(torch.full((b,), m), m), r)
+    assert out.shape == (b, m - min(r, m // 2), 5)
+    torch.testing.assert_close(out.flatten(0, 1), ref[keep])
+    torch.testing.assert_close(out_sizes.flatten(), ref_sizes[keep])
+    packed, packed_sizes, packing = merge_tokens(x.flatten(0, 1), sizes.flatten(), metric.flatten(0, 1),
+                                                 Packing.uniform(b, m), r)
+    assert packing.counts == (out.shape[1],) * b
+    torch.testing.assert_close(packed, out.flatten(0, 1))
+    torch.testing.assert_close(packed_sizes, out_sizes.flatten())
+
+
 def test_vtm_never_merges_away_its_most_salient_tokens():
     lengths = torch.tensor([8, 5])
     packing = Packing.from_lengths(lengths)
@@ -53,10 +71,12 @@ def test_vtm_never_merges_away_its_most_salient_tokens():
     partition = vtm_partition(padded, lengths)
     x = packing.pad(torch.randn(packing.total, 4))
     _, _, keep = merge_bipartite(x, packing.pad(torch.ones(packing.total)), packing.pad(torch.randn(packing.total, 3)),
-                                 packing.valid_mask(), partition, 2)
+                                 partition, 2)
     assert keep.sum(1).tolist() == [6, 3]
+    n_src = src_idx.shape[1]
     for b, n in enumerate(lengths.tolist()):
-        assert keep[b, padded[b, :n].topk(n // 2).indices].all()          # the targets are never merged away
+        assert keep[b, n_src:n_src + n // 2].all()                       # the targets are never merged away
+        assert keep[b, :n_src].sum() == n - n // 2 - min(2, n // 2)
 
 
 def _video_encoder(**overrides) -> PatchEncoderModel:
