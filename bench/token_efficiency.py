@@ -81,7 +81,7 @@ TARGETS = {  # (paper claim, tolerance in accuracy points)
 # ------------------------------------------------------------------------------------------------------- rows
 def parse_pair(text: str) -> tuple[float, float]:
     """``FRAMES:REGIONS`` (``--stts-both``) -> two fractions."""
-    frames, sep, regions = text.partition(":")
+    frames, _, regions = text.partition(":")
     try:
         return float(frames), float(regions)
     except ValueError:

@@ -33,8 +33,8 @@ from torch import nn
 
 from mmtok.encoders.packing import Packing
 
-__all__ = ["AlternatePartition", "Partition", "SaliencyScorer", "merge_alternate_full", "merge_bipartite", "merge_tokens", "tome_partition",
-           "vtm_partition"]
+__all__ = ["AlternatePartition", "Partition", "SaliencyScorer", "merge_alternate_full", "merge_bipartite",
+           "merge_tokens", "tome_partition", "vtm_partition"]
 
 
 class Partition(NamedTuple):
