@@ -105,6 +105,9 @@ class StrictLoadingMixin:
         if isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
             check_model_folder(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
+        # transformers swaps layers for Hub kernels on load by default (`kernels`), fetching code on a GPU machine;
+        # mmtok models load offline and run the layers they were trained with unless a caller asks otherwise.
+        kwargs.setdefault("use_kernels", False)
         new_parts = tuple(cls._new_weight_prefixes(kwargs))
         model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,  # type: ignore[misc]
                                               output_loading_info=True, **kwargs)

@@ -169,7 +169,7 @@ def train(cfg: AudioTokenizerTrainConfig, resume: bool = False, allow_inexact_re
     disc = None
     if cfg.loss.adversarial > 0:
         disc = MultiScaleSTFTDiscriminator(cfg.loss.disc_n_ffts, cfg.loss.disc_channels)
-    mel_loss = MultiScaleMelLoss(sr, scales=cfg.loss.mel_scales, log_weight=cfg.loss.mel_log)
+    mel_loss = MultiScaleMelLoss(sr, scales=cfg.loss.mel_scales, log_weight=cfg.loss.mel_log).to(accelerator.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                             weight_decay=cfg.train.weight_decay)
     tc = cfg.train

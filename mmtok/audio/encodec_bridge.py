@@ -69,7 +69,7 @@ class EncodecAudioTokenizer(nn.Module):
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
         if model_type != "encodec":
             raise ValueError(f"{path} holds a {model_type!r} model, not an EnCodec model")
-        return cls(EncodecModel.from_pretrained(str(path), local_files_only=True), **kwargs)
+        return cls(EncodecModel.from_pretrained(str(path), local_files_only=True, use_kernels=False), **kwargs)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Save the wrapped EncodecModel (config.json + model.safetensors); :func:`load_audio_tokenizer` reopens it."""

@@ -5,7 +5,7 @@ collectives that keep codebooks identical across ranks under ``torch.distributed
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, ValuesView
 from typing import NamedTuple
 
 import torch
@@ -55,11 +55,14 @@ def code_usage(indices: torch.Tensor, codebook_size: int) -> dict[str, torch.Ten
     return {"utilization": torch.count_nonzero(counts) / codebook_size, "perplexity": entropy.exp()}
 
 
-class UsageMetrics(Mapping):
-    """A metrics mapping whose code-usage entries are computed on first access.
+class UsageMetrics:
+    """A read-only metrics mapping whose code-usage entries are computed on first access.
 
     The histogram behind ``utilization`` and ``perplexity`` costs as much as quantizing a batch with a large
-    codebook; most training steps never log it, so it is only computed when read.
+    codebook; most training steps never log it, so it is only computed when read. It reads like a dict
+    (``m[key]``, ``dict(m)``, ``{**m}``, ``items()``) but is deliberately not a ``collections.abc.Mapping``:
+    wrappers that rebuild every mapping in a model's output (accelerate's bf16 / fp16 output conversion does)
+    would otherwise read all of it every step and then call this constructor with a plain dict.
     """
 
     def __init__(self, indices: torch.Tensor, codebook_size: int, **extra: torch.Tensor):
@@ -88,6 +91,21 @@ class UsageMetrics(Mapping):
 
     def __len__(self) -> int:
         return len(self._resolve())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._resolve()
+
+    def keys(self) -> KeysView[str]:
+        return self._resolve().keys()
+
+    def items(self) -> ItemsView[str, torch.Tensor]:
+        return self._resolve().items()
+
+    def values(self) -> ValuesView[torch.Tensor]:
+        return self._resolve().values()
+
+    def get(self, key: str, default: torch.Tensor | None = None) -> torch.Tensor | None:
+        return self._resolve().get(key, default)
 
     def __repr__(self) -> str:
         return f"UsageMetrics({dict(self._resolve())})"

@@ -174,6 +174,21 @@ def test_usage_metrics_are_right_in_training_and_skipped_in_eval(kind):
     assert "utilization" not in metrics and "perplexity" not in metrics
 
 
+@pytest.mark.parametrize("kind", ["lfq", "fsq", "vq"])
+def test_usage_metrics_read_like_a_dict_and_pass_through_accelerate_lazily(kind):
+    """accelerate's bf16 output conversion rebuilds every Mapping in a model's output (and would compute the code
+    histogram each step to do it): the usage metrics pass through it unread, then read like a dict."""
+    from accelerate.utils import convert_to_fp32
+
+    out = make(kind).train()(torch.randn(50, make(kind).dim))
+    converted = convert_to_fp32(out)
+    assert converted.metrics is out.metrics and out.metrics._values is None     # untouched and still lazy
+    as_dict = dict(out.metrics)
+    assert {**out.metrics}.keys() == as_dict.keys() == set(out.metrics.keys()) >= {"utilization", "perplexity"}
+    assert "utilization" in out.metrics and out.metrics.get("missing") is None
+    assert [k for k, _ in out.metrics.items()] == list(out.metrics) and len(out.metrics.values()) == len(as_dict)
+
+
 def test_vq_ema_codebook_moves_towards_the_data():
     torch.manual_seed(5)
     centers = torch.tensor([[4.0, 0.0], [-4.0, 0.0], [0.0, 4.0], [0.0, -4.0]])

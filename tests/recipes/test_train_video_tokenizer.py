@@ -142,6 +142,26 @@ def test_recipe_joint_image_video_steps(media, tmp_path):
     assert (tmp_path / "tokenizer" / "config.json").is_file() and not (run / "export").exists()   # export_dir
 
 
+@pytest.mark.parametrize("quantizer", ["fsq", "lfq"])
+def test_recipe_trains_under_bf16_autocast(media, tmp_path, quantizer):
+    """train.mixed_precision=bf16 (a GPU user's setting; CPU autocast runs the same wrapper): accelerate converts the
+    model's outputs back to fp32, quantizer metrics included, and the GAN steps run in it too."""
+    from accelerate.state import AcceleratorState
+
+    run = tmp_path / "run"
+    levels = "fsq_levels: [5, 5, 5]" if quantizer == "fsq" else "codebook_size: 64"
+    AcceleratorState._reset_state(True)
+    try:
+        main(overrides(run, media, 4, **{"train.mixed_precision": "bf16", "loss.disc_start": 2,
+                                         "model.overrides": f"{{quantizer: {quantizer}, {levels}}}"}))
+    finally:
+        AcceleratorState._reset_state(True)
+    rows = [r for r in read_metrics(run) if "loss" in r]
+    assert len(rows) == 4 and all(np.isfinite(r["loss"]) for r in rows)
+    assert all(0 < r["quantizer/utilization"] <= 1 for r in rows)
+    assert np.isfinite(rows[-1]["d_loss"])
+
+
 def test_same_config_same_steps_gives_the_same_codes(media, tmp_path):
     """Budgets are step counts: two runs of one config (FSQ, the decode cache on) export identical tokenizers."""
     extra = {"model.overrides": "{quantizer: fsq, fsq_levels: [5, 5, 5]}", "loss.disc_weight": 0.0,
