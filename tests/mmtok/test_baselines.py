@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +102,19 @@ def test_h264_roundtrip_shapes_bits_and_determinism():
     odd = moving_clip(t=5, size=15)                             # 4:2:0 needs even sizes: odd ones code 4:4:4
     out = h264_roundtrip(odd, 8.0, crf=10)
     assert out.output.shape == odd.shape and out.settings["pix_fmt"] == "yuv444p"
+
+
+def test_h264_bits_do_not_depend_on_the_heap():
+    """x264's MB-tree lookahead read uninitialised memory on small frames: the same clip coded to other bits when
+    glibc filled fresh allocations with another byte. The round trip turns it off; its bits must not move."""
+    code = ("import sys; sys.path.insert(0, 'tests/mmtok'); from test_baselines import moving_clip; "
+            "from mmtok.baselines import h264_roundtrip; "
+            "print(h264_roundtrip(moving_clip(), 8.0, crf=23).bits, h264_roundtrip(moving_clip(size=64), 8.0, crf=23).bits)")
+    root = Path(__file__).resolve().parents[2]
+    bits = {subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+                           env={**os.environ, "MALLOC_PERTURB_": perturb, "PYTHONPATH": str(root)}).stdout
+            for perturb in ("0", "77", "200")}
+    assert len(bits) == 1, bits
 
 
 def test_h264_bitrate_mode_lands_within_a_factor():
