@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from recipes.common import read_metrics  # noqa: E402
 ACCEL = REPO / "recipes" / "configs" / "accelerate"
 MIN_LEFT_S, MARGIN_S = 30.0, 10.0   # with --deadline-s: start no path with less left; keep this much for the report
 
@@ -105,11 +107,7 @@ class GPUMemoryWatch:
 
 def run_summary(run_dir: Path, since: float) -> dict[str, Any]:
     """Steps, steps/s and last loss from the rows of ``metrics.jsonl`` written after ``since``."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("time", 0) >= since]
+    rows = [r for r in read_metrics(run_dir) if r.get("time", 0) >= since]
     train = [r for r in rows if any(k in r for k in ("train/loss", "loss"))]
     if not train:
         return {}

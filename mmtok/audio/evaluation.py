@@ -32,8 +32,7 @@ def evaluate_codec(model: Any, clips: Sequence[torch.Tensor], levels: Sequence[i
     sums = {n: {"si_snr": 0.0, "mel_distance": 0.0, "stft_distance": 0.0} for n in levels}
     total_seconds, codec_time, count = 0.0, 0.0, 0
     batches = [clips[i:i + batch_size] for i in range(0, len(clips), batch_size)]
-    params = model.parameters() if hasattr(model, "parameters") else iter(())
-    device = next(params, torch.empty(0)).device  # the codec runs where its weights are; metrics on the CPU
+    device = next(model.parameters()).device  # the codec runs where its weights are; the metrics on the CPU
     for batch in tqdm(batches, desc="eval audio", disable=not progress):
         length = min(len(c) for c in batch)
         wav = torch.stack([c[:length] for c in batch])[:, None].float()            # [b, 1, N]
