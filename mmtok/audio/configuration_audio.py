@@ -9,7 +9,13 @@ preset              rate      hop     frames/s  RVQ            params     use
 ``demo``            16 kHz    500     32       8 x 256         ~0.65 M    ``make demo`` on Moving-Digits (CPU)
 ``soundstream_24k`` 24 kHz    320     75       8 x 1024        ~10 M      SoundStream-sized (6 kbps at 8 levels)
 ``encodec_24k``     24 kHz    320     75       32 x 1024       ~15 M      EnCodec-24kHz-sized (1.5 .. 24 kbps)
+``spectral_16k``    16 kHz    320     50       12 x 1024       ~3.4 M     speech and music on CPU (STFT + Vocos)
 ==================  ========  ======  =======  ==============  =========  =========================================
+
+Two layouts (``architecture``): ``seanet``, the causal, streamable waveform CNN of SoundStream and EnCodec
+(:mod:`mmtok.audio.modeling_audio`); and ``spectral``, an STFT-frame encoder and a Vocos-style inverse-STFT decoder
+whose layers all run at the code rate (:mod:`mmtok.audio.spectral`): centred windows, so not streamable; it learns
+the spectrum of real speech and music in far fewer steps.
 """
 
 from __future__ import annotations
@@ -40,25 +46,38 @@ PRESETS: dict[str, dict[str, Any]] = {
     "encodec_24k": dict(sample_rate=24000, ratios=(2, 4, 5, 8), base_channels=32, dimension=128, dilations=(1,),
                         residual_kernel_size=3, compress=2, conv_shortcut=True, lstm_layers=2,
                         num_quantizers=32, codebook_size=1024),
+    # Speech and music at 16 kHz on 2 CPU cores: an STFT (n_fft 1280, hop 320: 50 frames/s) encoder and a Vocos
+    # decoder, 6 ConvNeXt blocks of width 192 each side; 12 x 1024 RVQ = 0.5 .. 6 kbps. Of the sizes timed against
+    # SEANet's speech16k codec (encode + decode of 4 s, one run), 192 x 6 ran 1.57x its speed, 192 x 8 1.42x and
+    # 256 x 8 0.95x: the smallest clears 100x real time with a margin where SEANet's ran 81x.
+    "spectral_16k": dict(sample_rate=16000, architecture="spectral", ratios=(320,), n_fft=1280, base_channels=192,
+                         num_blocks=6, mlp_ratio=3.0, dimension=128, causal=False, num_quantizers=12,
+                         codebook_size=1024),
 }
 
 
 class AudioTokenizerConfig(PretrainedConfig):
     r"""Configuration of :class:`~mmtok.audio.AudioTokenizer`.
 
-    The encoder is a SEANet stack: a ``kernel_size`` conv from 1 to ``base_channels`` channels; then per stride in
+    ``architecture="seanet"``: the encoder is a SEANet stack: a ``kernel_size`` conv from 1 to ``base_channels`` channels; then per stride in
     ``ratios`` a set of residual units (one per entry of ``dilations``) and a strided conv (kernel ``2 * stride``)
     that doubles the channels; an optional LSTM; a ``last_kernel_size`` conv to ``dimension``. The decoder mirrors it
     with transposed convs. A residual VQ quantizes the ``dimension``-wide latent at ``sample_rate / hop_length``
     frames per second.
 
+    ``architecture="spectral"`` (:mod:`mmtok.audio.spectral`): the hop is ``prod(ratios)`` (one entry, e.g.
+    ``(320,)``); the encoder reads ``n_fft``-sample STFT frames and the decoder predicts a magnitude and a phase per
+    bin for an inverse STFT; both are ``num_blocks`` ConvNeXt blocks of width ``base_channels``. SEANet's kernel,
+    dilation, residual, LSTM and patch settings do not apply; ``causal`` must be ``False``.
+
     Args:
+        architecture: ``"seanet"`` (waveform CNN, streamable) or ``"spectral"`` (STFT frames, not streamable).
         sample_rate: audio rate in Hz (mono).
         patch_size: fold this many consecutive samples into channels before the first conv (1 = SEANet's
             full-rate first conv); the hop is ``patch_size * prod(ratios)``.
         ratios: encoder downsampling strides, first applied first (the decoder upsamples in reverse order); their
             product times ``patch_size`` is the hop length.
-        base_channels: channels after the first conv; doubled at every downsampling.
+        base_channels: channels after the first conv; doubled at every downsampling (spectral: the blocks' width).
         dimension: latent (and codebook input) dimension.
         kernel_size: kernel of the first encoder conv and the first decoder conv.
         last_kernel_size: kernel of the last encoder conv and the last decoder conv.
@@ -77,6 +96,9 @@ class AudioTokenizerConfig(PretrainedConfig):
         quantize_dropout_cutoff_index: at least ``cutoff + 1`` levels are always kept.
         commitment_weight, decay, kmeans_init, kmeans_iters, threshold_ema_dead_code: passed to
             :class:`mmtok.quantizers.ResidualVQ`.
+        n_fft: spectral only: the STFT window (default ``4 * hop``; ``n_fft - hop`` must be even).
+        num_blocks: spectral only: ConvNeXt blocks in the encoder, and as many in the decoder.
+        mlp_ratio: spectral only: the blocks' hidden width over ``base_channels``.
         preset: the preset name this config was built from (informative only).
     """
 
@@ -108,6 +130,10 @@ class AudioTokenizerConfig(PretrainedConfig):
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
         threshold_ema_dead_code: float = 2.0,
+        architecture: str = "seanet",
+        n_fft: int | None = None,
+        num_blocks: int = 8,
+        mlp_ratio: float = 3.0,
         preset: str | None = None,
         **kwargs: Any,
     ):
@@ -135,6 +161,10 @@ class AudioTokenizerConfig(PretrainedConfig):
         self.kmeans_init = kmeans_init
         self.kmeans_iters = kmeans_iters
         self.threshold_ema_dead_code = threshold_ema_dead_code
+        self.architecture = architecture
+        self.n_fft = int(n_fft) if n_fft is not None else 4 * self.patch_size * math.prod(self.ratios)
+        self.num_blocks = int(num_blocks)
+        self.mlp_ratio = float(mlp_ratio)
         self.preset = preset
         super().__init__(**kwargs)
         self._validate()
@@ -156,6 +186,21 @@ class AudioTokenizerConfig(PretrainedConfig):
                              f"{self.codebook_size}")
         if self.lstm_layers < 0:
             raise ValueError(f"lstm_layers must be >= 0, got {self.lstm_layers}")
+        if self.architecture not in ("seanet", "spectral"):
+            raise ValueError(f"architecture must be 'seanet' or 'spectral', got {self.architecture!r}")
+        if self.architecture == "spectral":
+            hop = self.hop_length
+            if self.causal:
+                raise ValueError("architecture='spectral' is not causal (its STFT windows are centred): "
+                                 "set causal=False")
+            if self.patch_size != 1 or len(self.ratios) != 1:
+                raise ValueError(f"architecture='spectral' takes its hop as ratios=[hop] with patch_size=1, got "
+                                 f"ratios={self.ratios}, patch_size={self.patch_size}")
+            if self.n_fft < hop or (self.n_fft - hop) % 2:
+                raise ValueError(f"n_fft must be >= the hop ({hop}) and differ from it by an even number, "
+                                 f"got {self.n_fft}")
+            if self.num_blocks < 0 or self.mlp_ratio <= 0:
+                raise ValueError(f"need num_blocks >= 0 and mlp_ratio > 0, got {self.num_blocks}, {self.mlp_ratio}")
 
     # ------------------------------------------------------------------------------------------ derived sizes
     @property
@@ -178,7 +223,8 @@ class AudioTokenizerConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "AudioTokenizerConfig":
-        """A named preset (``debug``, ``demo``, ``soundstream_24k``, ``encodec_24k``) with optional overrides."""
+        """A named preset (``debug``, ``demo``, ``soundstream_24k``, ``encodec_24k``, ``spectral_16k``) with optional
+        overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown audio tokenizer preset {name!r}; available: {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides, "preset": name})

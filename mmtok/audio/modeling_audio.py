@@ -50,6 +50,7 @@ from transformers.utils import ModelOutput
 
 from mmtok.audio import cpu_kernels
 from mmtok.audio.configuration_audio import AudioTokenizerConfig
+from mmtok.audio.spectral import SpectralDecoder, SpectralEncoder
 from mmtok.interface import check_codes, require_finite
 from mmtok.pretrained import StrictLoadingMixin
 from mmtok.quantizers import ResidualVQ
@@ -331,7 +332,8 @@ class AudioTokenizerOutput(ModelOutput):
 
 
 class AudioTokenizer(StrictLoadingMixin, PreTrainedModel):
-    """SoundStream/EnCodec-style audio tokenizer with residual VQ.
+    """SoundStream/EnCodec-style audio tokenizer with residual VQ (the encoder and decoder are SEANet's, or the
+    spectral layout's of :mod:`mmtok.audio.spectral` with ``config.architecture="spectral"``).
 
     Implements :class:`mmtok.interface.ModalityTokenizer`: ``encode`` mono waveforms ``[B, 1, N]`` or ``[B, N]``
     (float, about [-1, 1], at ``sample_rate``) to codes ``[B, n_q, F]`` with ``F = ceil(N / hop)``; ``decode`` codes
@@ -352,20 +354,21 @@ class AudioTokenizer(StrictLoadingMixin, PreTrainedModel):
 
     def __init__(self, config: AudioTokenizerConfig):
         super().__init__(config)
-        self.encoder = SEANetEncoder(config)
+        spectral = config.architecture == "spectral"
+        self.encoder = SpectralEncoder(config) if spectral else SEANetEncoder(config)
         self.quantizer = ResidualVQ(
             dim=config.dimension, num_quantizers=config.num_quantizers, codebook_size=config.codebook_size,
             codebook_dim=config.codebook_dim, quantize_dropout=config.quantize_dropout,
             quantize_dropout_cutoff_index=config.quantize_dropout_cutoff_index, decay=config.decay,
             commitment_weight=config.commitment_weight, kmeans_init=config.kmeans_init,
             kmeans_iters=config.kmeans_iters, threshold_ema_dead_code=config.threshold_ema_dead_code)
-        self.decoder = SEANetDecoder(config)
+        self.decoder = SpectralDecoder(config) if spectral else SEANetDecoder(config)
         self.post_init()
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "AudioTokenizer":
         """A freshly initialized tokenizer of a named preset (``debug``, ``demo``, ``soundstream_24k``,
-        ``encodec_24k``)."""
+        ``encodec_24k``, ``spectral_16k``)."""
         return cls(AudioTokenizerConfig.from_preset(name, **overrides))
 
     @torch.no_grad()

@@ -348,3 +348,89 @@ def test_encode_and_decode_leave_their_inputs_untouched():
         kept_codes = codes.clone()
         tok.decode(codes)
         assert torch.equal(codes, kept_codes)
+
+
+# ------------------------------------------------------------------------------------------------ spectral layout
+def spectral_model(**overrides) -> AudioTokenizer:
+    """A debug-size spectral codec: hop 32, n_fft 128, one ConvNeXt block of width 16 a side."""
+    torch.manual_seed(0)
+    cfg = dict(sample_rate=16000, architecture="spectral", ratios=(32,), n_fft=128, base_channels=16, num_blocks=1,
+               dimension=16, causal=False, num_quantizers=4, codebook_size=64)
+    cfg.update(overrides)
+    return AudioTokenizer(AudioTokenizerConfig(**cfg))
+
+
+@pytest.mark.parametrize("n_fft,hop", [(128, 32), (64, 32), (1280, 320), (96, 32)])
+def test_stft_and_inverse_stft_round_trip_on_whole_frames(n_fft, hop):
+    from mmtok.audio.spectral import inverse_stft, stft
+
+    torch.manual_seed(0)
+    window = torch.hann_window(n_fft)
+    x = torch.randn(2, 1, 9 * hop)
+    spec = stft(x, n_fft, hop, window)
+    assert spec.shape == (2, n_fft // 2 + 1, 9) and spec.is_complex()
+    torch.testing.assert_close(inverse_stft(spec, n_fft, hop, window), x, atol=1e-5, rtol=1e-5)
+    # Frame t is centred on its own hop: a click in hop 4 shows in frames 3..5 and nowhere else here.
+    click = torch.zeros(1, 1, 9 * hop)
+    click[..., 4 * hop + hop // 2] = 1.0
+    energy = stft(click, n_fft, hop, window).abs().sum(1)[0]
+    assert energy[4] == energy.max() and energy[0] == 0 and energy[8] == 0
+
+
+def test_spectral_codec_shapes_save_load_and_no_streaming(tmp_path):
+    tok = spectral_model()
+    tok.train()
+    tok(torch.randn(2, 1, 2048) * 0.3)                        # k-means init
+    tok.eval()
+    wav = tone(1000, batch=2)
+    codes = tok.encode(wav)
+    assert codes.shape == (2, 4, math.ceil(1000 / 32)) and tok.frame_rate == 500
+    out = tok.decode(codes)
+    assert out.shape == (2, 1, 32 * 32) and float(out.abs().max()) <= 1.0
+    tok.save_pretrained(tmp_path)
+    loaded = load_audio_tokenizer(tmp_path)
+    assert loaded.config.architecture == "spectral"
+    assert torch.equal(loaded.encode(wav), codes) and torch.equal(loaded.decode(codes), out)
+    with pytest.raises(ValueError, match="causal"):
+        tok.stream_encoder()
+    with pytest.raises(ValueError, match="causal"):
+        tok.stream_decoder()
+
+
+def test_spectral_config_errors():
+    base = dict(architecture="spectral", ratios=(32,), n_fft=128, causal=False)
+    with pytest.raises(ValueError, match="architecture must be"):
+        AudioTokenizerConfig(architecture="wavenet")
+    with pytest.raises(ValueError, match="not causal"):
+        AudioTokenizerConfig(**{**base, "causal": True})
+    with pytest.raises(ValueError, match=r"ratios=\[hop\]"):
+        AudioTokenizerConfig(**{**base, "ratios": (4, 8)})
+    with pytest.raises(ValueError, match="n_fft"):
+        AudioTokenizerConfig(**{**base, "n_fft": 16})
+    with pytest.raises(ValueError, match="n_fft"):
+        AudioTokenizerConfig(**{**base, "n_fft": 127})
+    assert AudioTokenizerConfig(**{**base, "n_fft": None}).n_fft == 128      # default: 4 hops
+
+
+def test_spectral_codec_gradients_and_fitting_a_tone():
+    torch.manual_seed(0)
+    wav = tone(2048)
+    tok = spectral_model(quantize_dropout=False)
+    mel = MultiScaleMelLoss(16000, scales=range(5, 10))
+    out = tok(wav)
+    mel(out.reconstruction, wav).backward()
+    for module in (tok.encoder.embed, tok.encoder.blocks[0].up, tok.decoder.head):
+        assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
+    opt = torch.optim.Adam(tok.parameters(), lr=3e-3)
+    tok.eval()
+    before = float(mel(tok.decode(tok.encode(wav)), wav))
+    tok.train()
+    for _ in range(150):
+        out = tok(wav)
+        loss = mel(out.reconstruction, wav) + out.quantizer_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tok.eval()
+    after = float(mel(tok.decode(tok.encode(wav)), wav))
+    assert after < 0.5 * before, (before, after)

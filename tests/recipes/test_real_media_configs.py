@@ -123,7 +123,8 @@ def test_audio_configs_state_their_bitrates():
 
 
 @pytest.mark.parametrize("name, debug", [
-    ("speech16k", {"model.overrides.base_channels": 4, "model.overrides.dimension": 16,
+    ("speech16k", {"model.overrides.base_channels": 4, "model.overrides.num_blocks": 1,
+                   "model.overrides.dimension": 16,
                    "model.overrides.num_quantizers": 2, "model.overrides.codebook_size": 16,
                    "data.crop_seconds": 0.04}),
     ("demo_real", {"data.crop_seconds": 0.0625}),
