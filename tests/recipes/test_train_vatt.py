@@ -158,6 +158,18 @@ def test_token_efficiency_finetuned_rows_are_measured_against_their_control():
     check = bench.check_targets(rows, "c")["rlt"]                  # the free row loses 2 points, the tuned 0.3
     assert check["row"] == "RLT tau=0.05 (ft)" and check["met"]
 
+    # VTM (a learned merge) is checked on its fine-tuned rows against ToMe fine-tuned alike, once those exist.
+    def merge(name, accuracy):
+        return {"corpus": "c", "name": name, "family": name.split()[0].lower(), "r": 8, "accuracy": accuracy,
+                "infer_speedup": 1.5, "accuracy_change_points": 0.0, "finetuned": "(ft)" in name}
+    free = [merge("ToMe r=8", 0.90), merge("VTM r=8", 0.89)]                 # the untrained scorer loses
+    tuned = [merge("ToMe r=8 (ft)", 0.95), merge("VTM r=8 (ft)", 0.96)]
+    assert not bench.check_targets(free, "c")["vtm"]["met"]
+    vtm = bench.check_targets(free + tuned, "c")["vtm"]
+    assert vtm["met"] and vtm["checked_on"] == "fine-tuned" and len(vtm["pairs"]) == 2
+    tuned[1]["accuracy"] = 0.94
+    assert not bench.check_targets(free + tuned, "c")["vtm"]["met"]
+
 
 def test_token_efficiency_refuses_to_reuse_a_model_of_other_steps(tmp_path):
     spec = importlib.util.spec_from_file_location("token_efficiency", ROOT / "bench" / "token_efficiency.py")
