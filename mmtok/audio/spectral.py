@@ -14,8 +14,8 @@ layer runs at the frame rate (one frame per code), as in Vocos (Siuzdak 2023, ar
 
 Predicting a magnitude and a phase per bin makes the spectral envelope (what the mel distance reads) a direct output:
 on real speech and music it passes SEANet's hour-long mel distance within a few hundred steps (README, Benchmarks).
-The phase is only as good as its losses make it (without a GAN, poor: SI-SNR stays negative). The windows are
-centred, so this layout is not causal (no streaming).
+The phase is only as good as the waveform loss makes it (a light L1 leaves it unrelated to the input's: SI-SNR
+-38 dB; a heavy one, -6 dB). The windows are centred, so this layout is not causal (no streaming).
 """
 
 from __future__ import annotations
