@@ -59,11 +59,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 class AudioTokenizerConfig(PretrainedConfig):
     r"""Configuration of :class:`~mmtok.audio.AudioTokenizer`.
 
-    ``architecture="seanet"``: the encoder is a SEANet stack: a ``kernel_size`` conv from 1 to ``base_channels`` channels; then per stride in
-    ``ratios`` a set of residual units (one per entry of ``dilations``) and a strided conv (kernel ``2 * stride``)
-    that doubles the channels; an optional LSTM; a ``last_kernel_size`` conv to ``dimension``. The decoder mirrors it
-    with transposed convs. A residual VQ quantizes the ``dimension``-wide latent at ``sample_rate / hop_length``
-    frames per second.
+    ``architecture="seanet"``: the encoder is a SEANet stack: a ``kernel_size`` conv from 1 to ``base_channels``
+    channels; then per stride in ``ratios`` a set of residual units (one per entry of ``dilations``) and a strided
+    conv (kernel ``2 * stride``) that doubles the channels; an optional LSTM; a ``last_kernel_size`` conv to
+    ``dimension``. The decoder mirrors it with transposed convs. A residual VQ quantizes the ``dimension``-wide
+    latent at ``sample_rate / hop_length`` frames per second.
 
     ``architecture="spectral"`` (:mod:`mmtok.audio.spectral`): the hop is ``prod(ratios)`` (one entry, e.g.
     ``(320,)``); the encoder reads ``n_fft``-sample STFT frames and the decoder predicts a magnitude and a phase per

@@ -47,7 +47,7 @@ def inverse_stft(spec: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor)
     """The inverse of :func:`stft`: complex ``[B, K, F]`` -> ``[B, 1, F * hop]`` by windowed overlap-add, divided by
     the summed squared window (so ``inverse_stft(stft(x)) == x``). Written out because ``torch.istft`` refuses
     ``center=False`` when the window envelope vanishes at the untrimmed ends, which are trimmed here anyway."""
-    b, _, frames = spec.shape
+    frames = spec.shape[-1]
     pad = _same_padding(n_fft, hop)
     chunks = torch.fft.irfft(spec, n=n_fft, dim=1) * window[:, None]          # [B, n_fft, F]
     length = (frames - 1) * hop + n_fft
