@@ -78,20 +78,50 @@ def paths(work: Path, demo: Optional[Path]) -> list[dict[str, Any]]:
     return out
 
 
-class GPUMemoryWatch:
-    """The most GPU memory in use while a path runs, read from ``nvidia-smi`` every half second (MiB)."""
+def session_gpu_mib(apps_csv: str, session: int) -> int | None:
+    """GPU memory (MiB) held by the processes of session ``session``, from ``nvidia-smi
+    --query-compute-apps=pid,used_memory --format=csv,noheader,nounits``; None when none of them is listed."""
+    total, found = 0, False
+    for line in apps_csv.strip().splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 2 or not fields[0].isdigit() or not fields[1].isdigit():
+            continue
+        try:
+            if os.getsid(int(fields[0])) != session:
+                continue
+        except OSError:                      # the process has ended, or lives outside this machine's view
+            continue
+        total, found = total + int(fields[1]), True
+    return total if found else None
 
-    def __init__(self):
-        self.peak = 0
+
+class GPUMemoryWatch:
+    """The most GPU memory a path used while it ran, read from ``nvidia-smi`` every half second (MiB).
+
+    Counted over the processes of the path's own session (the launcher and its workers), so that other work on the
+    same GPU does not count; where ``nvidia-smi`` lists none of them (a sandbox that hides process ids), the device's
+    whole memory in use is read instead, and ``basis`` says which it was.
+    """
+
+    def __init__(self, session: int):
+        self.session, self.peak, self.basis = session, 0, "processes"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _query(self, what: str) -> str:
+        return subprocess.run(["nvidia-smi", f"--query-{what}", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=5).stdout
 
     def _poll(self) -> None:
         while not self._stop.is_set():
             try:
-                text = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                      capture_output=True, text=True, timeout=5).stdout
-                self.peak = max([self.peak] + [int(v) for v in text.split() if v.isdigit()])
+                used = session_gpu_mib(self._query("compute-apps=pid,used_memory"), self.session)
+                if used is None:
+                    device = [int(v) for v in self._query("gpu=memory.used").split() if v.isdigit()]
+                    if device and max(device) > self.peak:
+                        self.basis = "device"
+                    used = max(device, default=0)
+                self.peak = max(self.peak, used)
             except (OSError, subprocess.SubprocessError):
                 return
             self._stop.wait(0.5)
@@ -126,26 +156,29 @@ def run_path(path: dict[str, Any], logs: Path) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     log = logs / f"{path['name']}.log"
     start = time.time()
-    with open(log, "w") as f, GPUMemoryWatch() as mem:
-        # A session of its own, so a timeout ends the launcher's workers too (they hold the GPU).
+    with open(log, "w") as f:
+        # A session of its own, so a timeout ends the launcher's workers too (they hold the GPU), and its GPU memory
+        # is told apart from other work's.
         proc = subprocess.Popen(path["cmd"], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        try:
-            rc = proc.wait(timeout=path["limit"])
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            rc = "timeout"
+        with GPUMemoryWatch(proc.pid) as mem:
+            try:
+                rc = proc.wait(timeout=path["limit"])
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                rc = "timeout"
     wall = time.time() - start
     result = {"path": path["name"], "rc": rc, "wall_s": round(wall, 1), "peak_gpu_mib": mem.peak,
-              **run_summary(path["run"], start - 1)}
+              "gpu_mib_basis": mem.basis, **run_summary(path["run"], start - 1)}
     if rc != 0:
         result["log_tail"] = log.read_text(errors="replace")[-1500:]
     return result
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    cols = ["path", "rc", "wall_s", "last_step", "steps_per_s", "last_loss", "target_tokens_per_s", "peak_gpu_mib"]
+    cols = ["path", "rc", "wall_s", "last_step", "steps_per_s", "last_loss", "target_tokens_per_s", "peak_gpu_mib",
+            "gpu_mib_basis"]
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in results]

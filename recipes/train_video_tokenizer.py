@@ -49,6 +49,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm import tqdm
 
 from mmtok.data.ingest import ClipRecord, load_records
+from mmtok.data.prefetch import StepPrefetcher
 from mmtok.data.video_clips import RandomClips, VideoClipConfig, find_records, fixed_clips, write_comparison_gif
 from mmtok.frames import to_uint8
 from mmtok.io import progress_enabled
@@ -105,6 +106,9 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"              # no | bf16 | fp16 (accelerate)
     num_threads: Optional[int] = None        # torch threads (None: torch's default)
+    # threads preparing the next steps' batches while a step trains (mmtok.data.prefetch; the same batches): 2-4 on a
+    # GPU, 0 on a CPU-only machine, where they would take cores from torch's threads
+    data_workers: int = 0
     log_every: int = 10
     eval_every: int = 0                      # held-out (val/) and training-split (train_eval/) PSNR; 0: never
     eval_clips: int = 16                     # fixed clips of each split scored at eval_every
@@ -269,14 +273,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bar = tqdm(total=tc.steps, initial=step, desc="video tokenizer", unit="step",
                disable=not (progress_enabled() and accelerator.is_main_process))
     last: dict[str, Any] = {}
+
+    def is_image_step(at: int) -> bool:
+        return cfg.data.image_batch_size > 0 and at % cfg.data.image_every == cfg.data.image_every - 1
+
+    def batch_of(at: int) -> torch.Tensor:
+        return (data.batch(at, cfg.data.image_batch_size, num_frames=1) if is_image_step(at)
+                else data.batch(at, tc.batch_size))
+
+    batches = StepPrefetcher(batch_of, start=step, stop=tc.steps, workers=tc.data_workers)
     while step < tc.steps:
         lr = warmup_cosine(step, warmup_steps=tc.warmup_steps, total_steps=tc.steps, min_ratio=tc.min_lr_ratio,
                            peak=tc.lr)
         for group in opt_g.param_groups:
             group["lr"] = lr
-        image_step = cfg.data.image_batch_size > 0 and step % cfg.data.image_every == cfg.data.image_every - 1
-        video = (data.batch(step, cfg.data.image_batch_size, num_frames=1) if image_step
-                 else data.batch(step, tc.batch_size))
+        image_step = is_image_step(step)
+        video = batches.get(step)
         gan_on = use_gan and step >= lc.disc_start
 
         # -- generator
@@ -346,6 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             logger.log(step, {k: v for k, v in last.items() if k.endswith("/psnr")})
         if step % tc.save_every == 0 or step == tc.steps:
             save_checkpoint(accelerator, run_dir, step, trainer_state(), keep=tc.keep_checkpoints, extra=extra)
+    batches.close()
     bar.close()
 
     # ---- export

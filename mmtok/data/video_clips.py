@@ -6,6 +6,7 @@ files skipped and counted (:class:`~mmtok.data.ingest.BadFileReport`), and fixed
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -96,7 +97,8 @@ class RandomClips:
     file is long enough), a random crop and the augmentation ``cfg`` turns on (temporal stride, resized crop, flip,
     colour jitter; :class:`VideoClipConfig`). Unreadable records are skipped for good, counted in ``report``, and
     replaced by the next record of the permutation. ``load(i, None)`` is the evaluation view: the first frames,
-    centre-cropped, never augmented.
+    centre-cropped, never augmented. ``batch`` may be called from several threads at once
+    (:class:`mmtok.data.prefetch.StepPrefetcher`): the shared caches and the bad-file record are updated under a lock.
     """
 
     def __init__(self, records: list[ClipRecord], cfg: VideoClipConfig, seed: int, rank: int = 0, world: int = 1):
@@ -111,6 +113,7 @@ class RandomClips:
         self._durations: dict[int, float | None] = {}
         self._decoded: dict[int, np.ndarray] = {}
         self._decoded_bytes = 0
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -140,9 +143,10 @@ class RandomClips:
             frames = read_video(record.video, fps=cfg.fps, size=cfg.resize or cfg.size, start=record.start, end=stop)
             if len(frames) < cfg.num_frames:
                 frames = np.concatenate([frames, np.repeat(frames[-1:], cfg.num_frames - len(frames), axis=0)])
-            if self._decoded_bytes + frames.nbytes <= cfg.cache_mb * 2 ** 20:
-                self._decoded[i] = frames
-                self._decoded_bytes += frames.nbytes
+            with self._lock:
+                if i not in self._decoded and self._decoded_bytes + frames.nbytes <= cfg.cache_mb * 2 ** 20:
+                    self._decoded[i] = frames
+                    self._decoded_bytes += frames.nbytes
         return frames
 
     def _frame_step(self, rng: np.random.Generator | None, n: int, available: float) -> int:
@@ -222,8 +226,10 @@ class RandomClips:
                     out.append(self.load(i, rng, num_frames))
                     break
                 except MediaError as e:
-                    self.bad.add(i)
-                    self.report.add(self.records[i].id, e.path, e.reason)
+                    with self._lock:
+                        if i not in self.bad:
+                            self.bad.add(i)
+                            self.report.add(self.records[i].id, e.path, e.reason)
             else:
                 raise RuntimeError(f"{self.cfg.max_retries + 1} unreadable clips in a row; see the bad-file report: "
                                    f"{self.report.summary()}")

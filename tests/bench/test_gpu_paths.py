@@ -55,3 +55,19 @@ def test_a_failing_path_is_reported_and_the_deadline_skips(tmp_path, monkeypatch
     report = json.loads((tmp_path / "out" / "gpu_paths.json").read_text())
     assert [r["path"] for r in report["results"]] == ["fails", "works", "slow", "late"]
     assert "| fails | 3 |" in (tmp_path / "out" / "gpu_paths.md").read_text()
+
+
+def test_gpu_memory_counts_only_the_paths_own_processes():
+    import os
+    import subprocess
+    mine = os.getpid()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        listed = f"{mine}, 700\n{other.pid}, 5000\n999999999, 300\n[N/A], [N/A]\n"   # ended pid, unreadable row
+        assert gpu_paths.session_gpu_mib(listed, os.getsid(mine)) == 700
+        assert gpu_paths.session_gpu_mib(listed, other.pid) == 5000          # its own session, as a path's launcher
+        assert gpu_paths.session_gpu_mib(f"{other.pid}, 5000\n", os.getsid(mine)) is None
+        assert gpu_paths.session_gpu_mib("", os.getsid(mine)) is None
+    finally:
+        other.kill()
+        other.wait()

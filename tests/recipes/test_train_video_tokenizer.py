@@ -163,14 +163,15 @@ def test_recipe_trains_under_bf16_autocast(media, tmp_path, quantizer):
 
 
 def test_same_config_same_steps_gives_the_same_codes(media, tmp_path):
-    """Budgets are step counts: two runs of one config (FSQ, the decode cache on) export identical tokenizers."""
+    """Budgets are step counts: two runs of one config (FSQ, the decode cache on, joint image steps) export identical
+    tokenizers, also when the second prepares its batches in worker threads (train.data_workers)."""
     extra = {"model.overrides": "{quantizer: fsq, fsq_levels: [5, 5, 5]}", "loss.disc_weight": 0.0,
              "data.cache_mb": 64, "data.image_batch_size": 2, "data.image_every": 2, "train.save_every": 100,
              "train.sample_every": 100}
     video = torch.from_numpy(moving_square(5, t=9))[None]
     codes = []
-    for name in ("a", "b"):
-        main(overrides(tmp_path / name, media / "manifest.jsonl", 5, **extra))
+    for name, workers in (("a", 0), ("b", 2)):
+        main(overrides(tmp_path / name, media / "manifest.jsonl", 5, **extra, **{"train.data_workers": workers}))
         model = VideoTokenizer.from_pretrained(tmp_path / name / "export").eval()
         assert model.config.quantizer == "fsq" and model.codebook_size == 125
         codes.append(model.encode(video))
