@@ -7,8 +7,8 @@ suffice because the work is FFmpeg scaling and numpy arithmetic, which release t
 
 On a GPU this is what keeps the accelerator fed: a batch of eight augmented 17x64x64 clips costs ~50 ms of one CPU
 core, more than a training step of the 64x64 video tokenizer on the GPU (on one H200, with 12 threads, that
-tokenizer trained at 20 steps/s, still bound by its batches). On a CPU-only machine leave it off: the worker threads
-take cores from torch's own threads, which slow down far more than the data work saves.
+tokenizer trained at 20 steps/s). On a CPU-only machine leave it off: the worker threads take cores from torch's
+own threads, which slow down far more than the data work saves.
 """
 
 from __future__ import annotations
