@@ -232,13 +232,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             accelerator.print(f"--resume: no checkpoint in {run_dir}, starting from scratch")
         else:
             step = int(state["step"])
-            data.bad = set(state.get("bad_indices", []))
-            data.report.entries = list(state.get("bad_files", []))
+            data.restore_skipped(state)
             accelerator.print(f"resumed from step {step}")
     logger = RunLogger(run_dir, enabled=accelerator.is_main_process, resume_step=step if args.resume else None)
 
     def trainer_state() -> dict[str, Any]:
-        return {"bad_indices": sorted(data.bad), "bad_files": data.report.entries}
+        return data.skipped_state()     # prefetch threads may be adding to it
 
     @torch.no_grad()
     def write_samples(at: int) -> float:

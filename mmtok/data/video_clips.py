@@ -118,6 +118,17 @@ class RandomClips:
     def __len__(self) -> int:
         return len(self.records)
 
+    def skipped_state(self) -> dict:
+        """The unreadable records met so far, for a checkpoint (a consistent copy while other threads read)."""
+        with self._lock:
+            return {"bad_indices": sorted(self.bad), "bad_files": list(self.report.entries)}
+
+    def restore_skipped(self, state: dict) -> None:
+        """Take back what :meth:`skipped_state` returned (on resume)."""
+        with self._lock:
+            self.bad = set(state.get("bad_indices", []))
+            self.report.entries = list(state.get("bad_files", []))
+
     def _duration(self, i: int) -> float | None:
         if i not in self._durations:
             try:

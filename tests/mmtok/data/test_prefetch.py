@@ -87,3 +87,9 @@ def test_random_clips_batches_are_the_same_from_worker_threads(media):
     # the corrupt file is recorded once, though several threads may have met it
     assert len(threaded.report.entries) == len(plain.report.entries) == 1
     assert threaded.report.entries[0]["id"] == plain.report.entries[0]["id"]
+    # what a checkpoint keeps of it, and a resumed loader that takes it back gives the same later batches
+    state = threaded.skipped_state()
+    assert state == plain.skipped_state() and len(state["bad_indices"]) == 1
+    resumed = RandomClips(find_records(cfg), cfg, seed=3)
+    resumed.restore_skipped(state)
+    assert resumed.bad == threaded.bad and torch.equal(resumed.batch(9, 3), plain.batch(9, 3))
