@@ -337,6 +337,7 @@ def measure_row(spec: dict[str, Any]) -> dict[str, Any]:
                                 labels=data["labels"], batch_size=b, ks=(1,))
         probes = [metrics[f"probe/{k}"] for k in VIDEO_LABELS if f"probe/{k}" in metrics]
         out.update({f"probe_{k}": metrics.get(f"probe/{k}") for k in VIDEO_LABELS})
+        out.update({f"probe_{k}_train": metrics.get(f"probe/{k}_train") for k in VIDEO_LABELS})  # features hold it?
         out.update(accuracy=sum(probes) / len(probes) if probes else None, t2v_r1=metrics.get("t2v/R@1"),
                    v2a_r1=metrics.get("v2a/R@1"), chance_r1=metrics.get("chance/R@1"))
     return out

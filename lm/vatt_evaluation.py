@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from mmtok.data.ingest import ClipConfig
 from mmtok.io import atomic_write
 from mmtok.metrics import retrieval_metrics
 
-__all__ = ["CLIP_CONFIG_FILE", "embed_clips", "evaluate_vatt", "linear_probe", "load_vatt_export",
+__all__ = ["CLIP_CONFIG_FILE", "ProbeResult", "embed_clips", "evaluate_vatt", "linear_probe", "load_vatt_export",
            "retrieval_scores", "save_clip_config"]
 
 CLIP_CONFIG_FILE = "clip_config.json"   # beside an export: how its clips were decoded (fps, frames, size, rate)
@@ -98,8 +98,19 @@ def retrieval_scores(embeddings: Mapping[str, torch.Tensor], ks: Sequence[int] =
 
 
 # --------------------------------------------------------------------------------------------- linear probes
+class ProbeResult(NamedTuple):
+    """What :func:`linear_probe` measured. ``train_accuracy`` says whether the features hold the label at all (a low
+    one: they do not; a high one with a low ``accuracy``: the probe overfits); ``confusion[i, j]`` counts test rows of
+    class ``i`` predicted as ``j``."""
+
+    accuracy: float
+    train_accuracy: float
+    chance: float
+    confusion: torch.Tensor
+
+
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
-                 weight_decay: float = 1e-3, max_iter: int = 200) -> dict[str, float]:
+                 weight_decay: float = 1e-3, max_iter: int = 200) -> ProbeResult:
     """Accuracy of a linear classifier fitted on frozen features: multinomial logistic regression with an L2
     penalty on standardized features (the train split's mean and std), full-batch L-BFGS in float64.
 
@@ -109,8 +120,8 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
         max_iter: L-BFGS iterations.
 
     Returns:
-        ``{"accuracy", "chance"}``: test accuracy and that of always answering the train split's most frequent
-        class.
+        :class:`ProbeResult`: test and train accuracy, the accuracy of always answering the train split's most
+        frequent class, and the test confusion matrix ``[classes, classes]`` (int64).
     """
     if train_x.dim() != 2 or test_x.dim() != 2 or train_x.shape[1] != test_x.shape[1]:
         raise ValueError(f"features must be [N, D] with one D, got {tuple(train_x.shape)} and {tuple(test_x.shape)}")
@@ -119,6 +130,8 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     if train_x.shape[0] < 2 or test_x.shape[0] < 1:
         raise ValueError(f"a linear probe needs >= 2 train and >= 1 test rows, got {train_x.shape[0]} and "
                          f"{test_x.shape[0]}")
+    if int(train_y.min()) < 0 or int(test_y.min()) < 0:
+        raise ValueError("class indices must be >= 0")
     mean, std = train_x.double().mean(0), train_x.double().std(0).clamp_min(1e-6)
     x, xt = (train_x.double() - mean) / std, (test_x.double() - mean) / std
     y, yt = train_y.long(), test_y.long()
@@ -137,9 +150,12 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     with torch.enable_grad():
         opt.step(closure)
     with torch.no_grad():
-        accuracy = float(((xt @ weight + bias).argmax(1) == yt).double().mean())
+        predicted, train_predicted = (xt @ weight + bias).argmax(1), (x @ weight + bias).argmax(1)
+    confusion = torch.bincount(yt * classes + predicted, minlength=classes * classes).reshape(classes, classes)
     majority = int(torch.bincount(y).argmax())
-    return {"accuracy": accuracy, "chance": float((yt == majority).double().mean())}
+    return ProbeResult(accuracy=float((predicted == yt).double().mean()),
+                       train_accuracy=float((train_predicted == y).double().mean()),
+                       chance=float((yt == majority).double().mean()), confusion=confusion)
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -158,7 +174,8 @@ def evaluate_vatt(model: VATTModel, test: AVClips, *, tokenizer: Any = None, pro
     Returns:
         ``num_test_clips``, ``video_tokens_per_clip`` (mean kept), ``chance/R@k`` (``min(1, k / N)``), the
         :func:`retrieval_scores` (``t2v/R@1`` ...; ``num_test_captions`` with captions), and per label
-        ``probe/<label>`` with ``probe/<label>_chance`` (plus ``num_probe_train_clips``).
+        ``probe/<label>`` with ``probe/<label>_chance`` and ``probe/<label>_train`` (the probe's accuracy on the
+        clips it was fitted on: low when the features lack the label) (plus ``num_probe_train_clips``).
     """
     emb = embed_clips(model, test, tokenizer=tokenizer, batch_size=batch_size, max_text_length=max_text_length)
     n = len(test)
@@ -181,7 +198,8 @@ def evaluate_vatt(model: VATTModel, test: AVClips, *, tokenizer: Any = None, pro
                 continue
             result = linear_probe(train_emb[key][tr], torch.tensor([classes[probe_train.ids[i]] for i in tr]),
                                   emb[key][te], torch.tensor([classes[test.ids[i]] for i in te]))
-            out[f"probe/{name}"], out[f"probe/{name}_chance"] = result["accuracy"], result["chance"]
+            out[f"probe/{name}"], out[f"probe/{name}_chance"] = result.accuracy, result.chance
+            out[f"probe/{name}_train"] = result.train_accuracy
     return out
 
 

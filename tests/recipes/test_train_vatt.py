@@ -24,7 +24,7 @@ CONFIG = "recipes/configs/vatt_debug.yaml"
 METRIC_KEYS = {"num_test_clips", "video_tokens_per_clip", "chance/R@1", "chance/R@5", "num_test_captions",
                "num_probe_train_clips",
                *(f"{d}/{s}" for d in ("t2v", "v2t", "v2a", "a2v") for s in ("R@1", "R@5", "median_rank")),
-               *(f"probe/{k}{s}" for k in ("digit", "color", "direction", "pitch") for s in ("", "_chance"))}
+               *(f"probe/{k}{s}" for k in ("digit", "color", "direction", "pitch") for s in ("", "_chance", "_train"))}
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +121,7 @@ def test_token_efficiency_bench_measures_the_export(trained, tmp_path):
     assert all("error" not in r for r in rows.values()), [r.get("error") for r in rows.values()]
     plain = rows["plain (joint)"]
     assert plain["tokens_first_block"] == 256 and plain["infer_speedup"] == 1 and 0 <= plain["accuracy"] <= 1
+    assert all(0 <= plain[f"probe_{k}_train"] <= 1 for k in ("digit", "color", "direction"))
     assert rows["ToMe r=2"]["tokens_last_block"] == 254 and rows["STTS frames 0.5"]["tokens_first_block"] == 128
     assert rows["STTS frames 0.5"]["compute_saving"] > 0.4 and rows["RLT tau=0.05"]["token_saving"] > 0.3
     assert rows["STTS frames 0.5 + regions 0.5"]["tokens_first_block"] == 64           # half the frames, half of each
