@@ -287,7 +287,7 @@ def measure_row(spec: dict[str, Any]) -> dict[str, Any]:
     model.config.droptoken = 0.0          # the methods' own cost, not DropToken's
     b = min(spec["batch_size"], len(clips))
     video = clips.video(slice(0, b)).to(device)
-    grid = (video.shape[2] // model.config.video_config.tubelet_size,
+    grid = (-(-video.shape[2] // model.config.video_config.tubelet_size),     # first-frame padding rounds up
             video.shape[3] // model.config.video_config.patch_size,
             video.shape[4] // model.config.video_config.patch_size)
     out: dict[str, Any] = {}

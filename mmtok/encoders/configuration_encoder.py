@@ -35,6 +35,7 @@ ATTENTIONS = ("joint", "divided")
 MERGES = ("tome", "vtm")
 AUDIO_INPUTS = ("waveform", "log_mel")
 PACKED_ATTENTIONS = ("padded", "block_mask", "per_clip")
+TUBELET_PADDINGS = ("none", "first_frame")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "debug": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2.0, tubelet_size=2,
@@ -79,7 +80,12 @@ class PatchEncoderConfig(PretrainedConfig):
             same length always run as one batched call without a mask.
         in_channels: video channels (3).
         tubelet_size: frames per tubelet ``t`` (ViViT's tubelet embedding, arXiv 2103.15691). ``T`` must be a
-            multiple of it; an image (``T = 1``) is repeated to one still tubelet.
+            multiple of it (or see ``tubelet_padding``); an image (``T = 1``) is repeated to one still tubelet.
+        tubelet_padding: ``"none"`` (a ``T`` that is not a multiple of ``t`` is an error) or ``"first_frame"``: the
+            clip is preceded by copies of its first frame up to the next multiple, so its first tubelet holds the
+            first frame and every later one ``t`` new frames (the ``1 + t k`` layout of causal video tokenizers,
+            MAGVIT-v2 arXiv 2310.05737; an image is the case ``T = 1``). Lets 2-frame tubelets, which carry motion
+            inside each token, read odd-length clips.
         patch_size: tubelet side ``p`` in pixels; ``H`` and ``W`` must be multiples of it.
         max_grid: largest tubelet grid ``[T', H', W']`` (``T' = T / t``, ``H' = H / p``, ``W' = W / p``): the sizes
             of the learned temporal and spatial position tables (their sum is a token's position embedding).
@@ -136,6 +142,7 @@ class PatchEncoderConfig(PretrainedConfig):
         packed_attention: str = "padded",
         in_channels: int = 3,
         tubelet_size: int = 2,
+        tubelet_padding: str = "none",
         patch_size: int = 8,
         max_grid: list[int] | tuple[int, ...] = (16, 16, 16),
         sample_rate: int = 16000,
@@ -173,6 +180,7 @@ class PatchEncoderConfig(PretrainedConfig):
         self.packed_attention = packed_attention
         self.in_channels = in_channels
         self.tubelet_size = tubelet_size
+        self.tubelet_padding = tubelet_padding
         self.patch_size = patch_size
         self.max_grid = [int(v) for v in max_grid]
         self.sample_rate = sample_rate
@@ -218,7 +226,7 @@ class PatchEncoderConfig(PretrainedConfig):
         if self.modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
         for name, allowed in (("attention", ATTENTIONS), ("merge", MERGES), ("audio_input", AUDIO_INPUTS),
-                              ("packed_attention", PACKED_ATTENTIONS)):
+                              ("packed_attention", PACKED_ATTENTIONS), ("tubelet_padding", TUBELET_PADDINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.hidden_size % self.num_attention_heads:

@@ -1,7 +1,7 @@
 """Raw signals -> packed tokens, one module per modality, with input checks that name the expected shape.
 
 - Video (:class:`VideoEmbeddings`): ViViT's tubelet embedding (arXiv 2103.15691): non-overlapping ``t x p x p``
-  tubelets, each linearly embedded (a Conv3d with kernel = stride = ``(t, p, p)`` is exactly this linear map; the
+  tubelets (a clip optionally preceded by copies of its first frame up to a multiple of ``t``), each linearly embedded (a Conv3d with kernel = stride = ``(t, p, p)`` is exactly this linear map; the
   flattening order ``(c, t, p, p)`` matches its weight), plus a learned temporal and a learned spatial position
   embedding. With RLT on, static tubelets are dropped first (:mod:`mmtok.encoders.rlt`) and only kept ones embedded.
 - Audio (:class:`AudioEmbeddings`): VATT-style raw-waveform patches (arXiv 2104.11178) of ``audio_patch_size``
@@ -63,6 +63,7 @@ class VideoEmbeddings(nn.Module):
         super().__init__()
         c, t, p, dim = config.in_channels, config.tubelet_size, config.patch_size, config.hidden_size
         self.in_channels, self.tubelet_size, self.patch_size = c, t, p
+        self.tubelet_padding = config.tubelet_padding
         self.max_grid = tuple(config.max_grid)
         self.patch = nn.Linear(c * t * p * p, dim)
         self.temporal = nn.Embedding(self.max_grid[0], dim)
@@ -84,10 +85,13 @@ class VideoEmbeddings(nn.Module):
         if video.shape[0] == 0:
             raise ValueError("pixel_values holds no clips (B = 0)")
         frames, h, w = video.shape[2:]
-        if frames == 1 and t > 1:  # an image: one still tubelet
-            video = video.expand(-1, -1, t, -1, -1)
+        if frames % t and (frames == 1 or self.tubelet_padding == "first_frame"):
+            # an image is one still tubelet; with first-frame padding any clip starts with copies of its first frame
+            first = video[:, :, :1].expand(-1, -1, t - frames % t, -1, -1)
+            video = torch.cat([first, video], dim=2)
         elif frames % t:
-            raise ValueError(f"the number of frames T={frames} must be a multiple of tubelet_size={t} (or 1, an image)")
+            raise ValueError(f"the number of frames T={frames} must be a multiple of tubelet_size={t} (or 1, an image; "
+                             "or set tubelet_padding='first_frame')")
         if h % p or w % p:
             raise ValueError(f"height and width must be multiples of patch_size={p}, got {h}x{w}")
         grid = (video.shape[2] // t, h // p, w // p)

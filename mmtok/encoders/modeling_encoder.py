@@ -241,7 +241,7 @@ class PatchEncoderModel(StrictLoadingMixin, PreTrainedModel):
 
         Args:
             pixel_values: ``modality="video"``: float video ``[B, 3, T, H, W]`` in [-1, 1] (``T`` a multiple of
-                ``tubelet_size``) or images ``[B, 3, H, W]``; ``H, W`` multiples of ``patch_size``.
+                ``tubelet_size``, or any ``T`` with ``tubelet_padding="first_frame"``) or images ``[B, 3, H, W]``; ``H, W`` multiples of ``patch_size``.
             input_values: ``modality="audio"``: mono waveform ``[B, samples]`` (or ``[B, 1, samples]``), samples a
                 multiple of the samples per token.
             input_ids: ``modality="text"``: ids ``[B, L]``; ``attention_mask`` ``[B, L]`` (1 = real token), else

@@ -46,6 +46,21 @@ def test_an_image_is_a_one_tubelet_still_clip():
     assert torch.equal(model(pixel_values=image[:, :, None]).pooler_output, out.pooler_output)
 
 
+@pytest.mark.parametrize("attention, rlt", [("joint", None), ("divided", None), ("joint", 0.05)])
+def test_first_frame_padding_reads_odd_length_clips_as_the_clip_after_copies_of_its_first_frame(attention, rlt):
+    model = _encoder(tubelet_padding="first_frame", attention=attention, rlt_threshold=rlt)   # tubelet_size 2
+    clip = _video(t=5)
+    clip[:, :, 2:] = clip[:, :, 1:2]                       # static after frame 1: RLT drops the last tubelet
+    out = model(pixel_values=clip)
+    padded = model(pixel_values=torch.cat([clip[:, :, :1], clip], dim=2))            # 6 frames: no padding needed
+    torch.testing.assert_close(out.last_hidden_state, padded.last_hidden_state)
+    assert out.num_tokens.tolist() == ([48, 48] if rlt is None else [32, 32])         # 3 x 4 x 4 tubelets
+    with pytest.raises(ValueError, match="tubelet_padding='first_frame'"):
+        _encoder(attention=attention)(pixel_values=clip)
+    with pytest.raises(ValueError, match="tubelet_padding must be one of"):
+        PatchEncoderConfig.from_preset("debug", modality="video", tubelet_padding="last")
+
+
 def test_audio_waveform_and_log_mel_patches():
     out = _encoder("audio")(input_values=torch.randn(2, 64 * 5))
     assert out.num_tokens.tolist() == [5, 5] and out.last_hidden_state.shape == (10, 32)
