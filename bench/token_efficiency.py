@@ -13,9 +13,10 @@ video tower's switches set, training-free (:meth:`lm.modeling_vatt.VATTModel.fro
 - RLT (arXiv 2411.05222) at each ``--rlt`` threshold; its run-length embedding starts at zero, as the paper's
   training-free RLT;
 - ToMe (arXiv 2210.09461) and VTM (arXiv 2410.23782) merging ``r`` tokens per block, each ``--merge-r``; training-free
-  VTM runs an untrained saliency scorer. The demo's video tower has 4 blocks over 80 tokens, so the default ``r``
-  go up to 40 (a clip merges at most half its tokens a block: r = 40 takes 80 tokens to 10 entering the last block),
-  the share of tokens ToMe's ViT-L (r = 8 over 24 blocks of 197 tokens) removes, which its speed claim is for;
+  VTM runs an untrained saliency scorer. The demo's video tower has 4 blocks over 48 tokens (2-frame tubelets), so
+  the default ``r`` go up to 24 (a clip merges at most half its tokens a block: r = 24 takes 48 tokens to 6 entering
+  the last block), the share of tokens ToMe's ViT-L (r = 8 over 24 blocks of 197 tokens) removes, which its speed
+  claim is for;
 - STTS (arXiv 2111.11591): the frame stage at each ``--stts-frames`` fraction, the region stage at each
   ``--stts-regions`` fraction, and both stages together (the paper's form) at each ``--stts-both`` pair;
   training-free STTS runs untrained scorers;
@@ -511,7 +512,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--finetune-steps", type=int, default=0, help="> 0: fine-tuned RLT / VTM / STTS rows too")
     parser.add_argument("--rlt", type=float, nargs="*", default=None,
                         help="RLT thresholds on the [-1, 1] pixel scale (0.05 0.1)")
-    parser.add_argument("--merge-r", type=int, nargs="*", default=None, help="ToMe / VTM r (8 16 24 32 40)")
+    parser.add_argument("--merge-r", type=int, nargs="*", default=None, help="ToMe / VTM r (8 12 16 20 24)")
     parser.add_argument("--stts-frames", type=float, nargs="*", default=None, help="STTS frame fractions (0.8 0.6)")
     parser.add_argument("--stts-regions", type=float, nargs="*", default=None, help="STTS region fractions (0.5)")
     parser.add_argument("--stts-both", type=parse_pair, nargs="*", default=None,
@@ -538,7 +539,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     q = args.quick
     defaults = dict(train_steps=4 if q else 3000, rlt=[0.05] if q else [0.05, 0.1],
-                    merge_r=[2] if q else [8, 16, 24, 32, 40],
+                    merge_r=[2] if q else [8, 12, 16, 20, 24],
                     stts_frames=[0.5] if q else [0.8, 0.6], stts_regions=[0.5],
                     stts_both=[(0.5, 0.5)] if q else [(0.8, 0.8), (0.8, 0.7)], batch_size=8 if q else 64,
                     reps=2 if q else 20, test_clips=16 if q else 512, probe_clips=32 if q else 1024)

@@ -121,11 +121,17 @@ class Block(nn.Module):
         """``x`` ``[N, C]``, ``sizes`` ``[N]`` -> the same after the block, with ``merge_r`` tokens per clip merged
         (VTM when ``saliency`` is given); ``proportional`` adds ``log(size)`` to every key's attention logits."""
         key_bias = sizes.log() if proportional else None                                 # [N]
+        sal = saliency(x) if saliency is not None and merge_r > 0 else None              # [N] VTM, before attention
+        if sal is not None:
+            # VTM's saliency-guided attention: each key also weighs sigmoid(saliency), the weight the token carries
+            # into a merge. It is what trains the scorer (the partition is a discrete choice); kept at inference so
+            # a fine-tuned model runs as it was trained. A uniform score shifts every logit alike: no change.
+            guide = F.logsigmoid(sal)
+            key_bias = guide if key_bias is None else key_bias + guide
         h, keys = self.attn(self.norm1(x), packing, key_bias=key_bias, impl=impl)
         x = x + h
         if merge_r > 0:
-            x, sizes, packing = merge_tokens(x, sizes, keys.mean(1), packing, merge_r,
-                                             saliency=saliency(x) if saliency is not None else None)
+            x, sizes, packing = merge_tokens(x, sizes, keys.mean(1), packing, merge_r, saliency=sal)
         return x + self.mlp(self.norm2(x)), sizes, packing
 
 

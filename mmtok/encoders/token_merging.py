@@ -10,12 +10,14 @@ encoder, and gradients pass through the weighted averages when training with it.
 
 **VTM.** The paper observes that merging by similarity alone merges away salient tokens, and proposes a learnable
 merge: a saliency score per token partitions the tokens into *targets* (salient; they receive merges and are never
-merged away) and *sources*, each source is matched to its most similar target and merged into it. The paper trains
-the scorer through an auxiliary saliency-guided attention path used only in training. Implemented here: a small
-MLP per block scores every token; the ``floor(n / 2)`` most salient tokens of a clip are the targets, the rest the
-sources; the ``r`` best-matched sources merge into their targets (as ToMe, by key similarity), and the merged
-average weighs each member by ``size * sigmoid(saliency)``. That weighting is the scorer's gradient path (no
-second attention pass, and training and inference compute the same thing); sizes still count patches.
+merged away) and *sources*, each source is matched to its most similar target and merged into it, and the scorer is
+trained through saliency-guided attention. Implemented here: a small MLP per block scores the tokens entering the
+block; attention adds ``log sigmoid(saliency)`` to each key's logits (the guided attention, which gives the scorer
+its gradient; kept at inference, so training and inference compute the same thing); of each pair of neighbouring
+places the more salient token is the target, the other the source (:func:`vtm_partition`; the paper takes the
+clip's most salient half, which read 0.4 points under pairs on the demo corpus: docs/what_was_tried.md); the
+``r`` best-matched sources merge into their targets (as ToMe, by key similarity), the average weighing each member
+by ``size * sigmoid(saliency)``; sizes still count patches.
 
 Packing: merging is done per clip on a padded view of the packed batch with a validity mask, so padding is never
 matched, never merged and never counted; the result is packed again (:mod:`mmtok.encoders.packing`). Clips of equal
@@ -80,7 +82,13 @@ def tome_partition(lengths: torch.Tensor, max_len: int) -> AlternatePartition:
 
 
 def vtm_partition(saliency: torch.Tensor, lengths: torch.Tensor) -> Partition:
-    """VTM's sets for padded rows: the ``floor(n / 2)`` most salient real tokens are the targets, the rest sources.
+    """VTM's sets for padded rows: of each pair of neighbouring places ``(2i, 2i + 1)`` the more salient token is the
+    target, the other the source (a last unpaired token is a source).
+
+    The paper takes the clip's most salient half as targets, which can leave most targets on the moving object and
+    background sources few background targets to merge into; choosing within pairs keeps ToMe's even spread of
+    targets while the scorer still decides which token of a pair may be merged away. With ties (a uniform scorer)
+    this is ToMe's partition.
 
     ``saliency`` ``[B, M]`` (padding ignored), ``lengths`` ``[B]``; returns ``src_idx [B, M - M//2]``, ``src_ok``,
     ``dst_idx [B, M//2]``, ``dst_ok`` as :func:`tome_partition`.
@@ -88,13 +96,13 @@ def vtm_partition(saliency: torch.Tensor, lengths: torch.Tensor) -> Partition:
     b, m = saliency.shape
     places = torch.arange(m, device=saliency.device)
     valid = places[None] < lengths[:, None]                                            # [B, M]
-    order = saliency.detach().masked_fill(~valid, float("-inf")).argsort(dim=1, descending=True)  # real first
-    n_dst = lengths // 2                                                               # [B]
-    dst_slots, src_slots = places[: m // 2], places[: m - m // 2]
-    dst_idx = order[:, : m // 2]
-    src_pos = (n_dst[:, None] + src_slots[None]).clamp(max=m - 1)                      # [B, M - M//2]
-    src_idx = order.gather(1, src_pos)
-    return Partition(src_idx, src_slots[None] < (lengths - n_dst)[:, None], dst_idx, dst_slots[None] < n_dst[:, None])
+    s = saliency.detach().masked_fill(~valid, float("-inf"))
+    even, odd = places[0::2], places[1::2]                                             # [M - M//2], [M//2]
+    paired = even[: odd.shape[0]]
+    odd_wins = s[:, 1::2] >= s[:, paired]                                              # [B, M//2]
+    dst_idx = torch.where(odd_wins, odd, paired)
+    src_idx = torch.cat([torch.where(odd_wins, paired, odd), even[odd.shape[0]:].expand(b, -1)], dim=1)
+    return Partition(src_idx, valid.gather(1, src_idx), dst_idx, valid.gather(1, dst_idx))
 
 
 def _merge_into_targets(x_dst: torch.Tensor, w_dst: torch.Tensor, s_dst: torch.Tensor, x_src: torch.Tensor,

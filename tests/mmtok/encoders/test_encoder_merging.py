@@ -58,25 +58,27 @@ def test_equal_length_clips_merge_as_the_padded_form_does(m, r):
     torch.testing.assert_close(packed_sizes, out_sizes.flatten())
 
 
-def test_vtm_never_merges_away_its_most_salient_tokens():
+def test_vtm_keeps_the_more_salient_token_of_each_pair_as_target():
     lengths = torch.tensor([8, 5])
     packing = Packing.from_lengths(lengths)
     saliency = torch.randn(packing.total)
-    src_idx, src_ok, dst_idx, dst_ok = vtm_partition(packing.pad(saliency, float("nan")), lengths)
     padded = packing.pad(saliency)
+    partition = vtm_partition(packing.pad(saliency, float("nan")), lengths)    # padding values are ignored
+    src_idx, src_ok, dst_idx, dst_ok = partition
     for b, n in enumerate(lengths.tolist()):
-        targets = set(dst_idx[b][dst_ok[b]].tolist())
-        assert targets == set(padded[b, :n].topk(n // 2).indices.tolist())
-        assert set(src_idx[b][src_ok[b]].tolist()) == set(range(n)) - targets
-    partition = vtm_partition(padded, lengths)
+        targets, sources = set(dst_idx[b][dst_ok[b]].tolist()), set(src_idx[b][src_ok[b]].tolist())
+        assert not targets & sources and targets | sources == set(range(n))     # each real token once
+        for i in range(0, n - 1, 2):                                            # full pairs: the more salient wins
+            assert int(padded[b, i:i + 2].argmax()) + i in targets
+        assert int(padded[b, :n].argmax()) in targets                           # the most salient is never a source
+    tie = vtm_partition(torch.zeros(1, 6), torch.tensor([6]))                  # a uniform scorer: ToMe's sets
+    assert tie.dst_idx.tolist() == [[1, 3, 5]] and tie.src_idx.tolist() == [[0, 2, 4]]
     x = packing.pad(torch.randn(packing.total, 4))
     _, _, keep = merge_bipartite(x, packing.pad(torch.ones(packing.total)), packing.pad(torch.randn(packing.total, 3)),
                                  partition, 2)
     assert keep.sum(1).tolist() == [6, 3]
     n_src = src_idx.shape[1]
-    for b, n in enumerate(lengths.tolist()):
-        assert keep[b, n_src:n_src + n // 2].all()                       # the targets are never merged away
-        assert keep[b, :n_src].sum() == n - n // 2 - min(2, n // 2)
+    assert keep[:, n_src:][dst_ok].all()                                        # the targets are never merged away
 
 
 def _video_encoder(**overrides) -> PatchEncoderModel:
