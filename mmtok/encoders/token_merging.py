@@ -15,7 +15,7 @@ trained through saliency-guided attention. Implemented here: a small MLP per blo
 block; attention adds ``log sigmoid(saliency)`` to each key's logits (the guided attention, which gives the scorer
 its gradient; kept at inference, so training and inference compute the same thing); of each pair of neighbouring
 places the more salient token is the target, the other the source (:func:`vtm_partition`; the paper takes the
-clip's most salient half, which read 0.4 points under pairs on the demo corpus: docs/what_was_tried.md); the
+clip's most salient half, which read 0.3-1.1 points under pairs on the demo corpus: docs/what_was_tried.md); the
 ``r`` best-matched sources merge into their targets (as ToMe, by key similarity), the average weighing each member
 by ``size * sigmoid(saliency)``; sizes still count patches.
 
