@@ -283,6 +283,7 @@ def measure_row(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(spec["device"])
     data = torch.load(spec["data"], weights_only=True)
     clips = AVClips(**data["clips"])
+    torch.manual_seed(0)  # the parts a switch adds to a trained model (a training-free STTS scorer) start alike
     model, tokenizer, _ = load_vatt_export(spec["model"], video_switches=spec["switches"] or None)
     model.to(device)
     model.config.droptoken = 0.0          # the methods' own cost, not DropToken's
@@ -293,7 +294,9 @@ def measure_row(spec: dict[str, Any]) -> dict[str, Any]:
             video.shape[4] // model.config.video_config.patch_size)
     out: dict[str, Any] = {}
 
-    # 1. a training step: throughput and peak memory (first, so the peak is this step's)
+    # 1. a training step: throughput and peak memory (first, so the peak is this step's). The timed steps change the
+    # weights; they are put back before anything is measured on the model's outputs.
+    trained_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     noise = torch.randn(b, model.config.va_dim, generator=torch.Generator().manual_seed(0))
     targets = torch.nn.functional.normalize(noise, dim=-1).to(device)                  # fixed NCE partners
     params = [*model.video_model.parameters(), *model.projections.parameters()]
@@ -319,6 +322,8 @@ def measure_row(spec: dict[str, Any]) -> dict[str, Any]:
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss_kib("VmHWM") * 1024
     out.update(train_clips_per_s=b / seconds, peak_train_mb=(peak - base) / 2 ** 20)
     del opt
+    model.load_state_dict(trained_weights)
+    del trained_weights
     model.eval()
 
     # 2. tokens and compute over all clips, 3. inference throughput on one batch

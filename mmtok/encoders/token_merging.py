@@ -17,7 +17,10 @@ its gradient; kept at inference, so training and inference compute the same thin
 places the more salient token is the target, the other the source (:func:`vtm_partition`; the paper takes the
 clip's most salient half, which read 0.3-1.1 points under pairs on the demo corpus: docs/what_was_tried.md); the
 ``r`` best-matched sources merge into their targets (as ToMe, by key similarity), the average weighing each member
-by ``size * sigmoid(saliency)``; sizes still count patches.
+by ``size * sigmoid(saliency)``; sizes still count patches. On the demo corpus's 48-token clips no form of VTM tried
+reached ToMe's accuracy at the same token count (fine-tuned: up to one test clip under; trained from scratch: far
+under; docs/what_was_tried.md): the paper's gains are on long videos, where most tokens are redundant. For short
+clips, prefer ToMe.
 
 Packing: merging is done per clip on a padded view of the packed batch with a validity mask, so padding is never
 matched, never merged and never counted; the result is packed again (:mod:`mmtok.encoders.packing`). Clips of equal

@@ -129,6 +129,30 @@ def test_token_efficiency_bench_measures_the_export(trained, tmp_path):
     for name in ("token_efficiency.json", "token_efficiency.md", "token_efficiency.png"):
         assert (tmp_path / "out" / name).is_file()
 
+    # The timed training steps do not leak into the accuracy: each row scores the export as saved (with the row's
+    # switches), the same clips giving the same probe accuracy as an evaluation of the export itself.
+    from lm.vatt_evaluation import evaluate_vatt
+    from mmtok.data.av_clips import AVClips
+    from mmtok.datasets.moving_digits import probe_labels
+
+    corpus = run / "corpus"
+    for name, switches in (("plain (joint)", None), ("ToMe r=2", {"tome_r": 2})):
+        model, _, clip_cfg = load_vatt_export(run / "export", video_switches=switches)
+        test = AVClips.load(corpus / "manifest.jsonl", cfg=clip_cfg, split="test", limit=16)
+        train = AVClips.load(corpus / "manifest.jsonl", cfg=clip_cfg, split="train", limit=32)
+        labels = {k: v for k, v in probe_labels(corpus).items() if k in ("digit", "color", "direction")}
+        metrics = evaluate_vatt(model, test, probe_train=train, labels=labels, batch_size=8)
+        assert rows[name]["probe_direction"] == pytest.approx(metrics["probe/direction"])
+        assert rows[name]["probe_digit"] == pytest.approx(metrics["probe/digit"])
+    # A training-free STTS row's new scorer starts the same in every run, so the row reads the same twice.
+    again = bench.main(["--quick", "--model", str(run / "export"), "--corpus", str(run / "corpus"), "--rows", "stts",
+                        "--in-process", "--work", str(tmp_path / "work2"), "--out", str(tmp_path / "out2"),
+                        "--reps", "1"])
+    again_rows = {r["name"]: r for r in again["rows"]}
+    for name in ("STTS frames 0.5", "STTS frames 0.5 + regions 0.5"):
+        assert again_rows[name]["accuracy"] == rows[name]["accuracy"]
+        assert again_rows[name]["t2v_r1"] == rows[name]["t2v_r1"]
+
 
 def test_token_efficiency_finetuned_rows_are_measured_against_their_control():
     """Fine-tuned rows gain the control's extra steps too: their accuracy change is against the plain model
