@@ -37,7 +37,8 @@ video tower and projections, NCE against fixed targets, DropToken off), the trai
 allocator's peak; CPU: peak resident memory above the process's before the step, Linux ``clear_refs``), and, on
 corpora with labels (a Moving-Digits ``ground_truth.jsonl``), accuracy: the mean linear-probe accuracy over digit,
 colour and direction (probes fitted on ``--probe-clips`` training clips, scored on ``--test-clips`` test clips),
-text->video and video->audio R@1.
+text->video and video->audio R@1, all on the weights as saved (the timed training steps' updates are undone first),
+so a row's accuracy equals the recipe's own evaluation of that export.
 
 Checks the papers' claims (REFERENCE.md): RLT >= 30% fewer tokens at <= 0.5 point accuracy loss; ToMe >= 1.8x
 inference throughput at <= 1 point loss; STTS >= 33% less compute at <= 0.7 point loss; VTM at least ToMe's accuracy
