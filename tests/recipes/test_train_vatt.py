@@ -136,11 +136,12 @@ def test_token_efficiency_bench_measures_the_export(trained, tmp_path):
     from mmtok.datasets.moving_digits import probe_labels
 
     corpus = run / "corpus"
+    _, _, clip_cfg = load_vatt_export(run / "export")
+    test = AVClips.load(corpus / "manifest.jsonl", cfg=clip_cfg, split="test", limit=16)
+    train = AVClips.load(corpus / "manifest.jsonl", cfg=clip_cfg, split="train", limit=32)
+    labels = {k: v for k, v in probe_labels(corpus).items() if k in bench.VIDEO_LABELS}
     for name, switches in (("plain (joint)", None), ("ToMe r=2", {"tome_r": 2})):
-        model, _, clip_cfg = load_vatt_export(run / "export", video_switches=switches)
-        test = AVClips.load(corpus / "manifest.jsonl", cfg=clip_cfg, split="test", limit=16)
-        train = AVClips.load(corpus / "manifest.jsonl", cfg=clip_cfg, split="train", limit=32)
-        labels = {k: v for k, v in probe_labels(corpus).items() if k in ("digit", "color", "direction")}
+        model, _, _ = load_vatt_export(run / "export", video_switches=switches)
         metrics = evaluate_vatt(model, test, probe_train=train, labels=labels, batch_size=8)
         assert rows[name]["probe_direction"] == pytest.approx(metrics["probe/direction"])
         assert rows[name]["probe_digit"] == pytest.approx(metrics["probe/digit"])
